@@ -1,0 +1,332 @@
+"""The agent's configuration: one TOML file, every key overridable from the environment.
+
+Sections are plain pydantic models hung off `AgentConfig`; a capability adds its section here and
+nothing else in the core changes. Loading never half-succeeds: `load_config` either returns a
+complete, validated config or raises `ConfigError` carrying *every* problem, each naming the file
+(or environment variable), the key path and, where the TOML syntax is at fault, the line.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10 (Ubuntu 22.04)
+    import tomli as tomllib  # type: ignore[no-redef]
+
+DEFAULT_CONFIG_PATH = "/etc/armhf-agent/agent.toml"
+ENV_CONFIG_PATH = "ARMHF_AGENT_CONFIG"
+ENV_PREFIX = "ARMHF_AGENT_"
+# sysexits.h EX_CONFIG; the unit's RestartPreventExitStatus=78 relies on it.
+EXIT_CONFIG = 78
+
+# Exporter port: the community range 9100-9999 is fully allocated; 9742 is taken by nothing we
+# know to run next to a Docker host (not node_exporter's 9100, not dockerd's conventional 9323).
+DEFAULT_METRICS_PORT = 9742
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _absolute(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"must be an absolute path, got {value!r}")
+    return value
+
+
+class AgentSection(Section):
+    state_dir: str = "/var/lib/armhf-agent"
+    run_dir: str = "/run/armhf-agent"
+    check_interval_seconds: float = Field(10.0, gt=0, le=3600)
+
+    _abs = field_validator("state_dir", "run_dir")(_absolute)
+
+
+class DockerSection(Section):
+    root: str = "/opt/docker"
+    host: str = "unix:///var/run/docker.sock"
+    data_root: str = "/var/lib/docker"
+    exec_root: str = "/var/run/docker"
+    pidfile: str = "/var/run/docker.pid"
+    personality: Literal["linux32", "none"] = "linux32"
+    args: list[str] = []
+    health_interval_seconds: float = Field(5.0, gt=0, le=3600)
+    health_timeout_seconds: float = Field(3.0, gt=0, le=600)
+    health_failures: int = Field(2, ge=1, le=100)
+    start_timeout_seconds: float = Field(60.0, gt=0, le=3600)
+    stop_timeout_seconds: float = Field(30.0, gt=0, le=3600)
+
+    _abs = field_validator("root", "data_root", "exec_root", "pidfile")(_absolute)
+
+    @field_validator("host")
+    @classmethod
+    def _unix_host(cls, value: str) -> str:
+        # The agent pings, adopts and hands the socket to the shim; only a local unix socket makes
+        # "this dockerd is ours" checkable (owner, path), so tcp:// is refused rather than half-supported.
+        if not value.startswith("unix:///"):
+            raise ValueError(f"must be unix:///absolute/path, got {value!r}")
+        return value
+
+    @property
+    def socket_path(self) -> str:
+        return self.host[len("unix://"):]
+
+
+class CpuinfoSection(Section):
+    path: str = "/hijacked-armhf-cpuinfo"
+    daemon: bool = True
+    variant: Literal["v7", "v6"] = "v7"
+
+    _abs = field_validator("path")(_absolute)
+
+
+class ShimSection(Section):
+    path: str = "/usr/local/bin/docker"
+    client: str = ""
+
+    _abs = field_validator("path")(_absolute)
+
+    @field_validator("client")
+    @classmethod
+    def _client(cls, value: str) -> str:
+        return value if value == "" else _absolute(value)
+
+
+class MetricsSection(Section):
+    listen: str = f"0.0.0.0:{DEFAULT_METRICS_PORT}"
+    tls_cert: str = ""
+    tls_key: str = ""
+    docker_metrics: bool = True
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+            raise ValueError(f"must be HOST:PORT with a port 1-65535, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "MetricsSection":
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key must be set together (both set = HTTPS)")
+        return self
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """Feeds the already parsed TOML document to pydantic-settings (we parse it ourselves so a
+    syntax error can name its line, and a missing file is an error instead of silent defaults)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]):
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - __call__ is used instead
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return self._data
+
+
+# The environment `load_config` was handed; a context variable instead of os.environ so that a reload
+# in the main loop never mutates process state other threads may read.
+_ENVIRON: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("armhf_agent_environ")
+
+
+class _EnvSource(EnvSettingsSource):
+    def _load_env_vars(self):
+        environ = _ENVIRON.get(None)
+        environ = dict(os.environ) if environ is None else environ
+        return {k.lower(): v for k, v in environ.items() if k.upper().startswith(ENV_PREFIX)}
+
+
+class AgentConfig(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    agent: AgentSection = AgentSection()
+    docker: DockerSection = DockerSection()
+    cpuinfo: CpuinfoSection = CpuinfoSection()
+    shim: ShimSection = ShimSection()
+    metrics: MetricsSection = MetricsSection()
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        # Environment first: it wins over the file (systemd drop-ins, one-off runs).
+        return (_EnvSource(settings_cls), init_settings)
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    where: str      # the file (with :line when known) or "env ARMHF_AGENT_..."
+    key: str        # dotted key path, "" for the file as a whole
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.key}: {self.message}" if self.key else f"{self.where}: {self.message}"
+
+
+class ConfigError(Exception):
+    def __init__(self, path: str, problems: list[ConfigProblem]):
+        self.path = path
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    config: AgentConfig
+    path: str           # "" when running on built-in defaults (demo)
+    source_text: str
+
+
+def resolve_path(cli_path: str | None, environ: dict[str, str] | None = None) -> tuple[str, bool]:
+    """Returns (path, explicit). An explicit path must exist; the default may be absent only for
+    commands that tolerate it (none of the daemon's)."""
+    environ = os.environ if environ is None else environ
+    if cli_path:
+        return cli_path, True
+    if environ.get(ENV_CONFIG_PATH):
+        return environ[ENV_CONFIG_PATH], True
+    return DEFAULT_CONFIG_PATH, False
+
+
+def _line_of(text: str, loc: tuple) -> int | None:
+    """Best-effort line of `section.key` in a TOML text, for error messages an operator can act on."""
+    if not loc:
+        return None
+    section, key = str(loc[0]), (str(loc[1]) if len(loc) > 1 else None)
+    current = None
+    header = re.compile(r"^\s*\[\s*([A-Za-z0-9_.-]+)\s*\]")
+    assign = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*=")
+    for number, line in enumerate(text.splitlines(), start=1):
+        m = header.match(line)
+        if m:
+            current = m.group(1)
+            if key is None and current == section:
+                return number
+            continue
+        m = assign.match(line)
+        if m and current == section and m.group(1) == key:
+            return number
+        if m and current is None and key is None and m.group(1) == section:
+            return number
+    return None
+
+
+def _env_name(loc: tuple) -> str:
+    return ENV_PREFIX + "__".join(str(p).upper() for p in loc[:2])
+
+
+def _parse_env_json(environ: dict[str, str], problems: list[ConfigProblem]) -> None:
+    """pydantic-settings raises a bare SettingsError for an unparsable list in the environment;
+    check those ourselves so the message names the variable (and drop the variable, so the rest
+    is still validated and every problem is reported at once)."""
+    for name, value in list(environ.items()):
+        if name.startswith(ENV_PREFIX) and name.endswith("__ARGS"):
+            try:
+                parsed = json.loads(value)
+                if not isinstance(parsed, list):
+                    raise ValueError
+            except ValueError:
+                problems.append(ConfigProblem(f"env {name}", "", f"must be a JSON list of strings, got {value!r}"))
+                del environ[name]
+
+
+def load_config(path: str | None, *, explicit: bool = True, environ: dict[str, str] | None = None) -> LoadedConfig:
+    """Reads and validates the config. `path=None` means built-in defaults (plus environment)."""
+    environ = dict(os.environ if environ is None else environ)
+    problems: list[ConfigProblem] = []
+    data: dict[str, Any] = {}
+    text = ""
+    where = path or "<defaults>"
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            if explicit:
+                raise ConfigError(path, [ConfigProblem(path, "", "no such file (an explicitly given config must exist)")])
+            raise ConfigError(path, [ConfigProblem(path, "", f"no such file; create it (see {DEFAULT_CONFIG_PATH} in the package) or pass --config")])
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(path, [ConfigProblem(path, "", f"cannot read: {exc}")])
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            # tomllib's message already ends in "(at line N, column M)".
+            m = re.search(r"at line (\d+)", str(exc))
+            loc = f"{path}:{m.group(1)}" if m else path
+            raise ConfigError(path, [ConfigProblem(loc, "", f"TOML syntax: {exc}")])
+    _parse_env_json(environ, problems)
+    token = _ENVIRON.set(environ)
+    try:
+        config = AgentConfig(**data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = tuple(err.get("loc", ()))
+            key = ".".join(str(p) for p in loc)
+            env_name = _env_name(loc)
+            if len(loc) >= 2 and env_name in environ:
+                place = f"env {env_name}"
+            else:
+                line = _line_of(text, loc)
+                place = f"{where}:{line}" if line else where
+            message = err.get("msg", "invalid").removeprefix("Value error, ")
+            if err.get("type") == "extra_forbidden":
+                message = "unknown key"
+            elif "input" in err and err.get("type") not in ("missing", "value_error"):
+                message = f"{message} (got {err['input']!r})"
+            problems.append(ConfigProblem(place, key, message))
+        raise ConfigError(where, problems) from None
+    finally:
+        _ENVIRON.reset(token)
+    if problems:
+        raise ConfigError(where, problems)
+    return LoadedConfig(config=config, path=path or "", source_text=text)
+
+
+def effective_toml(config: AgentConfig) -> str:
+    """The config in force, as TOML (for `check-config --effective`)."""
+    out: list[str] = []
+    for name in type(config).model_fields:
+        section = getattr(config, name)
+        out.append(f"[{name}]")
+        for key, value in section.model_dump().items():
+            out.append(f"{key} = {_toml_value(value)}")
+        out.append("")
+    return "\n".join(out)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {value!r}")
