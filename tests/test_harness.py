@@ -1,0 +1,9 @@
+"""The test harness itself works: a real dockerd runs a real container without a network."""
+
+from conftest import requires_docker
+
+
+@requires_docker
+def test_bare_dockerd_runs_busybox(bare_dockerd):
+    out = bare_dockerd.docker("run", "--rm", "--network", "none", "bb:local", "echo", "hello")
+    assert out.stdout.strip() == "hello"
