@@ -197,8 +197,9 @@ def hijack(text: str, variant: str = "v7", online_cpus: int | None = None) -> st
 
     Rewrites model name and every `CPU architecture` line (containerd reads the first one, wherever
     it is) and keeps everything else. With `online_cpus`, the processor count is made to match
-    (`grep -c processor` drives `make -j`): the last block is repeated or blocks are dropped, and
-    processors are renumbered from 0.
+    (`grep -c processor` drives `make -j`): when it differs, the last block is repeated or blocks
+    are dropped and processors are renumbered from 0; when it matches, the kernel's numbering (which
+    skips offline CPUs) is kept.
     """
     if variant not in VARIANTS:
         raise CpuinfoError(f"variant {variant!r} is not one of {', '.join(VARIANTS)}")
