@@ -60,7 +60,8 @@ def dockerd_spec(config: AgentConfig, payload: payloads.Payload, environ: dict[s
     return DockerdSpec(dockerd=payload.dockerd, argv=tuple(argv), env=tuple(sorted(env.items())),
                        personality=d.personality,
                        cpuinfo=config.cpuinfo.path if config.cpuinfo.daemon else None,
-                       socket_path=d.socket_path, pidfile=d.pidfile)
+                       socket_path=d.socket_path, pidfile=d.pidfile,
+                       containerd_pidfile=os.path.join(d.exec_root, "containerd", "containerd.pid"))
 
 
 class Agent:

@@ -18,6 +18,10 @@ class Notifier:
     def __init__(self, environ: dict[str, str] | None = None, clock=None):
         environ = os.environ if environ is None else environ
         self._notifier = sdnotify.SystemdNotifier()
+        if self._notifier.socket is not None:
+            # Never block the loop on systemd: a full notify queue drops a message (sdnotify swallows
+            # the error) instead of hanging the supervisor of a running daemon.
+            self._notifier.socket.setblocking(False)
         self._clock = clock
         self.watchdog_interval: float | None = None
         usec = environ.get("WATCHDOG_USEC")
