@@ -197,6 +197,7 @@ def run_personality_probe(runner: Runner) -> PersonalityOutcome:
 class Aarch32Report:
     mode: str              # "native" | "emulated" | "unsupported" | "unknown"
     detail: str
+    handlers: tuple[str, ...] = ()   # names of the binfmt_misc entries claiming 32-bit ARM ELF
 
 
 def decide(machine: str, exec_outcome: ExecOutcome, personality: PersonalityOutcome,
@@ -206,17 +207,18 @@ def decide(machine: str, exec_outcome: ExecOutcome, personality: PersonalityOutc
         facts.append("binfmt handler " + ", ".join(f"{h.name} ({h.interpreter})" for h in handlers)
                      + " claims 32-bit ARM ELF")
     detail = "; ".join(facts)
+    names = tuple(h.name for h in handlers)
     if not exec_outcome.ran:
         if exec_outcome.errno == errno.ENOEXEC or personality.errno == errno.EINVAL:
-            return Aarch32Report("unsupported", detail)
-        return Aarch32Report("unknown", detail)
+            return Aarch32Report("unsupported", detail, names)
+        return Aarch32Report("unknown", detail, names)
     # binfmt_misc is consulted before the ELF loader, so with a handler registered even an
     # AArch32-capable CPU runs the payload under the emulator.
     if handlers or machine not in ARM_HOST_MACHINES:
-        return Aarch32Report("emulated", detail)
+        return Aarch32Report("emulated", detail, names)
     if not personality.ok:
-        return Aarch32Report("unsupported", detail)
-    return Aarch32Report("native", detail)
+        return Aarch32Report("unsupported", detail, names)
+    return Aarch32Report("native", detail, names)
 
 
 def detect(runner: Runner, binfmt_root: str = DEFAULT_BINFMT_ROOT, machine: str | None = None) -> Aarch32Report:
