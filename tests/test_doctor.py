@@ -326,11 +326,13 @@ def test_payload_missing_or_unsafe(base, tmp_path):
 
 
 def test_payload_under_a_world_writable_folder_is_refused(tmp_path):
-    payload = tmp_path / "docker"
-    armhf_payload(payload)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    payload = armhf_payload(shared / "docker")
     check = check_payload(make_config(tmp_path, docker=DockerSection(root=str(payload))),
                           fixture_root("graviton2", True, True), replace_mode("native"))
-    assert check.verdict == FAIL and "/tmp is group/world-writable (mode 1777)" in check.found
+    assert check.verdict == FAIL and f"{shared} is group/world-writable (mode 0777)" in check.found
 
 
 # --- conflicts ---------------------------------------------------------------------------------------------
@@ -533,7 +535,7 @@ ARM_ELF_MASK = r"\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xf
 TEST_HANDLER = "armhf-agent-test-qemu-arm"
 
 
-def aarch32_check(config: AgentConfig) -> dict:
+def doctor_json(config: AgentConfig) -> dict:
     out = io.StringIO()
     doctor_command(config, None, True, out)
     return {c["name"]: c for c in json.loads(out.getvalue())}
@@ -553,21 +555,21 @@ def test_this_machine_with_and_without_a_qemu_arm_handler(tmp_path):
     try:
         if not arm_handlers(BINFMT, probe_elf()):
             Path(BINFMT, "register").write_text(f":{TEST_HANDLER}:M::{ARM_ELF_MAGIC}:{ARM_ELF_MASK}:{QEMU_ARM}:F")
-        with_handler = aarch32_check(config)
+        with_handler = doctor_json(config)
         # Others' handlers are switched off only for the few milliseconds the probe takes.
         for handler in arm_handlers(BINFMT, probe_elf()):
             Path(BINFMT, handler.name).write_text("0")
-        without = aarch32_check(config)
+        without = doctor_json(config)
     finally:
         if Path(BINFMT, TEST_HANDLER).exists():
             Path(BINFMT, TEST_HANDLER).write_text("-1")
         for name, text in before.items():
             if name != "status" and registrations().get(name) != text:
                 Path(BINFMT, name).write_text("1" if text.startswith("enabled") else "0")
+        after = registrations()
         if mounted_here:
             subprocess.run(["umount", BINFMT], check=True)
-    if not mounted_here:
-        assert registrations() == before
+    assert after == before
 
     for checks in (with_handler, without):
         assert checks["architecture"]["verdict"] == WARN
