@@ -90,6 +90,7 @@ def render_shim(client: str, cpuinfo_path: str, records_path: str, agent_version
 _TEMPLATE = r"""#!/bin/sh
 # docker shim installed by armhf-agent @VERSION@; the agent rewrites this file when it drifts.
 # Inserts the hijacked cpuinfo mount into run/create, records each invocation, runs the client.
+# shellcheck disable=SC2016 # the paths below are literal even where they hold a `$`
 armhf_client=@CLIENT@
 armhf_mount=@MOUNT@
 armhf_records=@RECORDS@
@@ -169,6 +170,7 @@ armhf_run_option() {
     --detach | --disable-content-trust | --help | --init | --interactive | --no-healthcheck | \
     --oom-kill-disable | --privileged | --publish-all | --quiet | --read-only | --rm | --sig-proxy | \
     --tty | --use-api-socket | --*=*) ;;
+    --) armhf_next=stop ;;
     --*) armhf_next=value ;;
     -?*) armhf_short_options "$1" dtiPq acehlmpuw value ;;
     *) armhf_next=stop ;;
@@ -243,16 +245,23 @@ armhf_forward() {
     fi
 }
 
-# Builds run as a child so their duration and status can be recorded. `<&0`: POSIX gives an
-# asynchronous command /dev/null as stdin otherwise (`docker build -` reads the Dockerfile there).
+# Builds run as a child so their duration and status can be recorded. POSIX gives an
+# asynchronous command /dev/null as stdin *before* its redirections, so `<&0` would only copy that;
+# the real stdin (`docker build -` reads the Dockerfile there) goes through a spare descriptor,
+# one the caller did not pass (the client must see the caller's descriptors unchanged).
+for armhf_fd in 9 8 7 6 5 4 3; do
+    [ -h /proc/self/fd/$armhf_fd ] || break
+done
+eval "exec $armhf_fd<&0"
 armhf_start=$(date +%s%N 2>/dev/null)
 armhf_pid=
 armhf_pending=
 trap 'armhf_forward INT' INT
 trap 'armhf_forward TERM' TERM
 trap 'armhf_forward HUP' HUP
-"$armhf_client" "$@" <&0 &
+eval '"$armhf_client" "$@" <&'"$armhf_fd $armhf_fd"'<&- &'
 armhf_pid=$!
+eval "exec $armhf_fd<&-"
 for armhf_signal in $armhf_pending; do
     kill -s "$armhf_signal" "$armhf_pid" 2>/dev/null
 done
