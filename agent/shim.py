@@ -238,11 +238,21 @@ fi
 # shellcheck disable=SC2317 # called from the traps below
 armhf_forward() {
     armhf_signalled=1
-    if [ -n "$armhf_pid" ]; then
-        kill -s "$1" "$armhf_pid" 2>/dev/null
-    else
+    if [ -z "$armhf_pid" ]; then
         armhf_pending="$armhf_pending $1"
+        return
     fi
+    armhf_signal=$1
+    if [ "$1" = INT ]; then
+        # POSIX makes a background child ignore SIGINT. A client that never takes it back (docker
+        # 20.10's classic builder) would build on after Ctrl-C: it gets SIGTERM, which docker
+        # treats as it treats SIGINT. SigIgn is a hex mask; SIGINT is bit 1 of its last digit.
+        armhf_ignored=$(while read -r armhf_key armhf_value; do
+            if [ "$armhf_key" = SigIgn: ]; then echo "$armhf_value"; fi
+        done 2>/dev/null <"/proc/$armhf_pid/status")
+        case $armhf_ignored in *[2367abefABEF]) armhf_signal=TERM ;; esac
+    fi
+    kill -s "$armhf_signal" "$armhf_pid" 2>/dev/null
 }
 
 # Builds run as a child so their duration and status can be recorded. POSIX gives an
@@ -263,7 +273,7 @@ eval '"$armhf_client" "$@" <&'"$armhf_fd $armhf_fd"'<&- &'
 armhf_pid=$!
 eval "exec $armhf_fd<&-"
 for armhf_signal in $armhf_pending; do
-    kill -s "$armhf_signal" "$armhf_pid" 2>/dev/null
+    armhf_forward "$armhf_signal"
 done
 armhf_status=
 while :; do

@@ -181,6 +181,22 @@ def test_build_forwards_signals_and_exits_with_the_clients_status(tmp_path, sig)
     assert 0 < float(duration) < 10 and abs(int(epoch) - time.time()) < 60
 
 
+def test_build_client_that_cannot_receive_sigint_gets_sigterm(tmp_path):
+    """A sh client started in the background has SIGINT ignored and cannot take it back (as
+    docker 20.10's classic builder): Ctrl-C on the shim must still stop it."""
+    ready = tmp_path / "ready"
+    client = make_client(tmp_path / "client", f"#!/bin/sh\ntrap 'exit 7' TERM\necho $$ > {ready}\n"
+                                              "while :; do sleep 0.05; done\n")
+    shim = install_shim(tmp_path, client)
+    proc = subprocess.Popen([DASH, str(shim), "build", "."])
+    child = int(wait_for(lambda: ready.exists() and ready.read_text().strip(), 10, what="client started"))
+    ignored = int(next(l for l in Path(f"/proc/{child}/status").read_text().splitlines()
+                       if l.startswith("SigIgn:")).split()[1], 16)
+    assert ignored & (1 << (signal.SIGINT - 1))
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(10) == 7
+
+
 def test_records_are_read_back_by_the_reader(tmp_path):
     shim = install_shim(tmp_path, make_client(tmp_path / "client", "#!/bin/sh\nexit ${FAIL:-0}\n"))
     run_shim(shim, "run", "bb")
