@@ -30,9 +30,16 @@ Decision rules (the script is the implementation; tests/test_shim_property.py ch
 Records (format in agent.shim_records): one line appended per invocation, by a single `printf`
 append whose errors are discarded, skipped when the path is a FIFO (an append would block).
 Non-build commands record before `exec` with epoch `-`: dash has no builtin clock and a `date`
-fork would cost about as much as the whole 1 ms overhead budget; the reader stamps those records
-with the time it reads them. Builds record after the client exits, with `date +%s%N` (GNU and
-busybox date) for the epoch and the duration; `-` where that clock is unavailable.
+fork would cost about as much as the whole 1 ms overhead budget (ShimRecord.time is None for them;
+a consumer needing a time uses when it read them). Builds record after the client exits, with
+`date +%s%N` (GNU and busybox date) for the epoch and the duration; `-` where that clock is
+unavailable.
+
+Builds: SIGINT, SIGTERM and SIGHUP sent to the shim are passed to the client, and the shim exits
+with the client's status. POSIX starts a background child with SIGINT ignored and stdin on
+/dev/null (before its redirections, so `<&0` cannot undo it): stdin is handed over through a spare
+descriptor, and a client still ignoring SIGINT when one arrives (docker 20.10's classic builder
+never takes it back) gets SIGTERM instead, which docker handles the same way.
 """
 
 from __future__ import annotations
