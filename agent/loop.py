@@ -16,7 +16,7 @@ import socket
 import time
 from dataclasses import replace
 
-from . import __version__, payload as payloads
+from . import __version__, aarch32, payload as payloads
 from .clock import SystemClock
 from .config import AgentConfig, ConfigError, LoadedConfig, load_config
 from .docker_api import DockerApi
@@ -159,6 +159,7 @@ class Agent:
         self._platform()
         if full_check:
             self._watch_folders()
+            self._exec_mode(now)
         self.steps += 1
         self._publish()
         return min(wait, max(0.0, self._next_full - self.clock.monotonic()), self.tracker.wake_in())
@@ -233,6 +234,18 @@ class Agent:
         self.platform_pid = sup.pid
         log.info("dockerd: platform %s/%s/%s, server %s", self.platform["os"], self.platform["arch"],
                  self.platform["variant"] or "-", self.platform["version"])
+
+    def _exec_mode(self, now: float) -> None:
+        """How this host runs armhf (native / emulated / unsupported): probed at start and every 10
+        minutes, since a qemu-arm binfmt registration can appear at any time."""
+        if now < getattr(self, "_next_exec_probe", 0):
+            return
+        self._next_exec_probe = now + 600
+        report = aarch32.detect(aarch32.SubprocessRunner())
+        if report.mode != self.exec_mode[0]:
+            log.log(logging.INFO if report.mode == "native" else logging.WARNING,
+                    "host executes armhf: %s (%s)", report.mode, report.detail)
+        self.exec_mode = (report.mode, report.detail)
 
     def _watch_folders(self) -> None:
         c = self.config
