@@ -8,6 +8,7 @@ the loop acts on them.
 
 from __future__ import annotations
 
+import grp
 import logging
 import os
 import select
@@ -173,6 +174,7 @@ class Agent:
             self.shim_file.set_desired(shim_content(client, c.cpuinfo.path, records_path(c), __version__))
         else:
             self.shim_file.set_desired(None, f"no docker client to exec: none in {c.docker.root} and shim.client unset")
+        self._ensure_records_file()
         for f in (self.cpuinfo_file, self.shim_file):
             before = f.desired
             problem = f.ensure()
@@ -182,6 +184,28 @@ class Agent:
                 self.errors.clear(f"write-{f.name}")
             if f is self.cpuinfo_file and before is not None and self.cpuinfo_source.changed and problem is None:
                 self._rebind_cpuinfo()
+
+    def _ensure_records_file(self) -> None:
+        """The shim appends to it as whoever runs docker: root, or members of the `docker` group.
+        Created here with an explicit owner and mode (the shim never creates it: a missing run_dir
+        just means no record)."""
+        path = records_path(self.config)
+        if os.path.lexists(path):
+            return
+        try:
+            gid = grp.getgrnam("docker").gr_gid
+        except KeyError:
+            gid = 0
+        try:
+            os.makedirs(self.config.agent.run_dir, mode=0o755, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            try:
+                os.fchown(fd, 0, gid)
+                os.fchmod(fd, 0o620 if gid else 0o600)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            self.errors("records", logging.ERROR, "cannot create %s: %s", path, exc)
 
     def _rebind_cpuinfo(self) -> None:
         """dockerd's namespace pinned the old file's inode with its bind mount: show it the new one."""
