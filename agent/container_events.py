@@ -161,8 +161,10 @@ class ContainerEventCounter(Collector):
                     continue              # never started, or started after the boundary: the stream's
                 exited = not st.get("Running") and finished is not None and finished < boundary_ns
                 run = self._live.get(cid)
-                if run is not None and started >= watermark:
-                    del self._live[cid]   # the tracked run ended unseen and a new run began
+                if run is not None and started > run.started_ns:
+                    # The tracked run ended unseen and a new one began (dockerd stamps StartedAt before
+                    # it logs `start`, so the tracked run's own StartedAt is never later than our record).
+                    del self._live[cid]
                     self._count_exit("unknown", None)
                     run = None
                 if run is None and started < watermark:
