@@ -95,3 +95,26 @@ def promql_metric_names(expr: str) -> set[str]:
             continue
         names.add(m.group(1))
     return names
+
+
+def live_sample_names() -> set[str]:
+    """Sample names of a real scrape over HTTP of every collector the agent registers, the health
+    collector fed a realistic snapshot."""
+    import time
+
+    from prometheus_client import CollectorRegistry
+
+    from agent.container_events import ContainerEventCounter
+    from agent.http_server import MetricsServer
+    from agent.metrics import AgentCollector, ShimMetrics
+
+    registry = CollectorRegistry()
+    AgentCollector(lambda: realistic_snapshot(time.time()), registry)
+    ShimMetrics(registry)
+    ContainerEventCounter(lambda: None, time.time, registry)
+    server = MetricsServer("127.0.0.1", 0, registry, "", "", lambda: None)
+    server.start()
+    try:
+        return sample_names(scrape(server.url)[1])
+    finally:
+        server.stop()
