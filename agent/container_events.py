@@ -264,7 +264,7 @@ class ContainerEventCounter(Collector):
             self._close_stream()
             return True
         if self._set_connected(True):
-            log.info("docker events: connected; %d running containers tracked", len(self._live))
+            log.info("docker events: connected; %d containers tracked", self.tracked())
         for event in stream:
             self.handle(event)
         return True

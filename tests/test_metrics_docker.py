@@ -140,3 +140,35 @@ def test_live_scrape_passes_promtool_and_serves_dockerds_own_metrics(exporter):
     # Only our own exposition is held to promtool's lint (dockerd's has gauges named *_total).
     result = subprocess.run([tool, "check", "metrics"], input=scrape(server.url)[1], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout + result.stderr == "", result.stdout + result.stderr
+
+
+def test_a_new_client_factory_reconnects_and_stop_closes_a_live_stream(metrics_dockerd):
+    d = metrics_dockerd
+    registry = CollectorRegistry()
+    made = []
+
+    def factory():
+        made.append(1)
+        return docker.APIClient(base_url=d.host, version="1.41", timeout=10)
+
+    counter = ContainerEventCounter(factory, time.time, registry)
+    server = MetricsServer("127.0.0.1", 0, registry, "", "", lambda: None)
+    server.start()
+    counter.start()
+    try:
+        wait_value(server, 1, "armhf_agent_docker_events_resyncs_total")
+        wait_value(server, 1, "armhf_agent_docker_events_connected")
+        counter.set_client_factory(factory)
+        wait_value(server, 2, "armhf_agent_docker_events_resyncs_total")
+        s = wait_value(server, 1, "armhf_agent_docker_events_connected")
+        assert len(made) == 2
+        run(d, "bb:local", "sh", "-c", "exit 4")
+        s = wait_value(server, 1, "armhf_agent_containers_exited_total", result="failure")
+        assert value(s, "armhf_agent_containers_started_total") == 1
+        t0 = time.monotonic()
+        counter.stop()
+        assert time.monotonic() - t0 < 2                  # the blocked read was closed, not waited out
+        assert value(current(server), "armhf_agent_docker_events_connected") == 0
+    finally:
+        counter.stop()
+        server.stop()
