@@ -99,6 +99,7 @@ class ContainerEventCounter(Collector):
         self._clock = clock
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._stream = None
         # Everything that happened before this time (ns) has been accounted for; None = never connected.
@@ -206,8 +207,13 @@ class ContainerEventCounter(Collector):
         self._thread = threading.Thread(target=self._run, name="container-events", daemon=True)
         self._thread.start()
 
+    def kick(self) -> None:
+        """A new dockerd is up (the supervisor knows before our backoff does): reconnect now."""
+        self._wake.set()
+
     def stop(self, timeout: float = 10.0) -> None:
         self._stopping.set()
+        self._wake.set()
         self._close_stream()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -239,14 +245,21 @@ class ContainerEventCounter(Collector):
             if self._set_connected(False):
                 log.info("docker events: disconnected; reconnecting (backoff up to %.0fs), "
                          "will re-list containers", RECONNECT_CAP_SECONDS)
-            if self._stopping.wait(delay):
+            if self._wake.wait(delay):
+                self._wake.clear()
+                delay = RECONNECT_INITIAL_SECONDS
+            else:
+                delay = min(delay * 2, RECONNECT_CAP_SECONDS)
+            if self._stopping.is_set():
                 break
-            delay = min(delay * 2, RECONNECT_CAP_SECONDS)
 
     def _follow(self) -> bool:
         """One connection: re-list, then follow until the stream ends. True if it connected."""
         with self._lock:
-            client = self._client_factory()
+            factory = self._client_factory
+        # Outside the lock: building the client may talk to dockerd, and a scrape (collect) must
+        # never wait on Docker.
+        client = factory()
         boundary = int(self._clock() * NS)
         inspected = []
         for summary in client.containers(all=True):

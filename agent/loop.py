@@ -111,6 +111,10 @@ class Agent:
             self._build()
             self.supervisor = supervisor
         self.api.sock_path = self.config.docker.socket_path
+        if old.metrics != self.config.metrics and self.metrics:
+            self.metrics.stop()
+            self.metrics = None
+            self._start_metrics()
         self.supervisor.configure(self.supervisor.spec, self.supervisor.blocked, timings(self.config))
 
     # -- signals -----------------------------------------------------------------------------------
@@ -161,8 +165,12 @@ class Agent:
         if full_check:
             self._watch_folders()
             self._exec_mode(now)
+            if self.metrics is None:
+                self._start_metrics()
         self.steps += 1
         self._publish()
+        if self.metrics:
+            self.metrics.on_step()
         return min(wait, max(0.0, self._next_full - self.clock.monotonic()), self.tracker.wake_in())
 
     def _ensure_files(self, payload: payloads.Payload, full_check: bool) -> None:
@@ -259,6 +267,17 @@ class Agent:
         log.info("dockerd: platform %s/%s/%s, server %s", self.platform["os"], self.platform["arch"],
                  self.platform["variant"] or "-", self.platform["version"])
 
+    def _start_metrics(self) -> None:
+        """A taken port must not take the daemon down with it: logged, retried at each full check."""
+        if not self.metrics_factory:
+            return
+        try:
+            self.metrics = self.metrics_factory(self)
+            self.errors.clear("metrics")
+        except OSError as exc:
+            self.errors("metrics", logging.ERROR, "metrics: cannot serve on %s: %s (retrying)",
+                        self.config.metrics.listen, exc)
+
     def _exec_mode(self, now: float) -> None:
         """How this host runs armhf (native / emulated / unsupported): probed at start and every 10
         minutes, since a qemu-arm binfmt registration can appear at any time."""
@@ -295,13 +314,10 @@ class Agent:
 
     # -- outputs -----------------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
-        c = self.config
-        host = c.metrics.host if c.metrics.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-        scheme = "https" if c.metrics.tls_cert else "http"
         return Snapshot(
             version=__version__, pid=os.getpid(), state=self.state, started_at=self.started_at,
             last_step_at=self.clock.time(), steps=self.steps, config_path=self.loaded.path,
-            metrics_url=f"{scheme}://{host}:{c.metrics.port}/metrics" if self.metrics else "",
+            metrics_url=self.metrics.server.url if self.metrics else "",
             exec_mode=self.exec_mode[0], exec_detail=self.exec_mode[1], reloads=dict(self.reloads),
             dockerd=self.supervisor.snapshot(self.platform), payload=self.tracker.describe(),
             files=(self.cpuinfo_file.describe(), self.shim_file.describe()),
@@ -346,8 +362,8 @@ class Agent:
         log.info("armhf-agent %s starting (config %s, pid %d)", __version__, self.loaded.path or "built-in defaults",
                  os.getpid())
         self._adopt()
-        if self.metrics_factory:
-            self.metrics = self.metrics_factory(self)
+        self.latest = self.snapshot()
+        self._start_metrics()
         self.state = "running"
         while True:
             if "stop" in self.flags:
