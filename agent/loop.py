@@ -67,13 +67,14 @@ def dockerd_spec(config: AgentConfig, payload: payloads.Payload, environ: dict[s
 
 class Agent:
     def __init__(self, loaded: LoadedConfig, *, environ: dict[str, str] | None = None, clock=None,
-                 processes=None, notifier=None, metrics_factory=None):
+                 processes=None, notifier=None, metrics_factory=None, watch=None):
         self.environ = dict(os.environ if environ is None else environ)
         self.loaded = loaded
         self.config = loaded.config
         self.clock = clock or SystemClock()
         self.processes = processes or Processes()
         self.notifier = notifier or Notifier(self.environ)
+        self.watch = watch or FolderWatch()
         self.errors = RateLimitedLog(log, self.clock)
         self.started_at = self.clock.time()
         self.state = "starting"
@@ -359,7 +360,6 @@ class Agent:
     # -- the shell ---------------------------------------------------------------------------------
     def run(self) -> int:
         self.install_signal_handlers()
-        self.watch = FolderWatch()
         log.info("armhf-agent %s starting (config %s, pid %d)", __version__, self.loaded.path or "built-in defaults",
                  os.getpid())
         self._adopt()
