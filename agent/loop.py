@@ -15,7 +15,6 @@ import select
 import signal
 import socket
 import time
-from dataclasses import replace
 
 from . import __version__, aarch32, payload as payloads
 from .clock import SystemClock
@@ -29,7 +28,7 @@ from .notify import Notifier
 from .processes import Processes
 from .ratelimit import RateLimitedLog
 from .shimfile import SHIM_MARKER, records_path, shim_content
-from .state import RELOAD_RESULTS, STATE_FILE, PayloadState, Snapshot
+from .state import RELOAD_RESULTS, STATE_FILE, Snapshot
 from .updates import PayloadTracker
 from .watch import FolderWatch
 

@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from agentproc import AgentProcess, pid_alive, agent_config, wait_gone, write_config
+from agentproc import AgentProcess, agent_config, pid_alive
 from conftest import requires_docker
-from harness import docker_cli, ping, wait_for
+from harness import docker_cli, ping
 
 pytestmark = [requires_docker]
 
@@ -116,8 +116,6 @@ def test_sighup_with_broken_file_keeps_old_config_then_valid_one_applies(agent, 
     a.wait_log(r"reload:   .*agent.toml:\d+: docker.health_failures: Input should be greater than or equal to 1")
     a.wait_log(r"reload:   .*agent.toml:\d+: docker.bogus: unknown key")
     assert a.state()["reloads"]["rejected"] == 1
-    msgs = a.notify.drain()
-    assert "RELOADING=1" in msgs[-2].split("\n") and msgs[-1] == "READY=1" or "READY=1" in msgs
     assert a.dockerd_pid() == pid
 
     # A valid change to dockerd's arguments is applied with a graceful restart.
