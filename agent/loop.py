@@ -107,9 +107,13 @@ class Agent:
         self.loaded, self.config = loaded, loaded.config
         if (old.cpuinfo, old.shim, old.agent, old.docker.root) != (self.config.cpuinfo, self.config.shim,
                                                                      self.config.agent, self.config.docker.root):
-            supervisor = self.supervisor
+            before = (self.cpuinfo_file, self.shim_file, self.tracker)
             self._build()
-            self.supervisor = supervisor
+            # Counters never go backwards: the rebuilt resources inherit what the old ones counted.
+            for old_file, new_file in zip(before[:2], (self.cpuinfo_file, self.shim_file)):
+                new_file.repairs = old_file.repairs
+                new_file.last_repair_reason, new_file.last_repair_at = old_file.last_repair_reason, old_file.last_repair_at
+            self.tracker.updates = before[2].updates
         self.api.sock_path = self.config.docker.socket_path
         if old.metrics != self.config.metrics and self.metrics:
             self.metrics.stop()
