@@ -210,8 +210,9 @@ class Agent:
         self.supervisor.configure(spec, blocked)
         run = self.supervisor.run
         if spec is not None and run is not None and run.spec is not None and run.spec != spec \
-                and self.supervisor.state == RUNNING and not self.tracker.update_pending():
+                and self.supervisor.state == RUNNING and not self.tracker.payload_changed():
             # Arguments, environment, personality or namespace changed (a reload): restart gracefully.
+            # A new payload changes them too (dockerd's path, PATH) but is restarted onto as an update.
             self.supervisor.request_restart("reload")
 
     def _platform(self) -> None:
