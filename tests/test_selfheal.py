@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from agentproc import AgentProcess, agent_config, write_config
+from agentproc import AgentProcess, agent_config
 from conftest import requires_docker
 from harness import REPO, docker_cli, make_payload, new_base, wait_for
 
@@ -188,7 +188,8 @@ def test_dockerd_sees_the_hijacked_cpuinfo_in_its_own_namespace_only(agent):
     assert os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
     host_mounts = Path("/proc/self/mounts").read_text().splitlines()
     assert not [m for m in host_mounts if m.split()[1] == "/proc/cpuinfo" or str(a.base) + "/hijacked" in m]
-    assert a.state()["dockerd"]["platform_variant"] == "v7"
+    # containerd inside dockerd derives linux/arm/v7 from it.
+    wait_for(lambda: a.state()["dockerd"]["platform_variant"] == "v7", 10, 0.05, "platform published")
 
 
 def test_with_daemon_false_dockerd_sees_the_real_cpuinfo(agent, base):
@@ -199,8 +200,10 @@ def test_with_daemon_false_dockerd_sees_the_real_cpuinfo(agent, base):
                           text=True, check=True).stdout
     real_model = re.search(r"^model name\s*:.*$", Path("/proc/cpuinfo").read_text(), re.M).group(0)
     assert real_model in seen and "CPU architecture: 7" not in seen
-    # The file is still kept in place for the shim.
+    # The file is still kept in place for the shim; dockerd's own platform has no Arm variant here.
     assert Path(a.config["cpuinfo"]["path"]).is_file()
+    wait_for(lambda: a.state()["dockerd"]["server_version"], 10, 0.05, "platform published")
+    assert a.state()["dockerd"]["platform_variant"] == ""
 
 
 @pytest.mark.parametrize("reason", list(TAMPERS))
