@@ -19,6 +19,7 @@ import time
 from . import __version__, aarch32, payload as payloads
 from .clock import SystemClock
 from .config import AgentConfig, ConfigError, LoadedConfig, load_config
+from .cpuinfo import CpuinfoError
 from .docker_api import DockerApi
 from .dockerd import RUNNING, STOPPED, BLOCKED, DockerdSpec, DockerdSupervisor, Timings
 from .fsops import DisplacedStore, atomic_write
@@ -189,13 +190,13 @@ class Agent:
             self.shim_file.set_desired(None, f"no docker client to exec: none in {c.docker.root} and shim.client unset")
         self._ensure_records_file()
         for f in (self.cpuinfo_file, self.shim_file):
-            before = f.desired
+            writes = f.writes
             problem = f.ensure()
             if problem is not None and f.write_error:
                 self.errors(f"write-{f.name}", logging.ERROR, "%s: %s (will retry)", f.name, f.write_error)
             elif problem is None:
                 self.errors.clear(f"write-{f.name}")
-            if f is self.cpuinfo_file and before is not None and self.cpuinfo_source.changed and problem is None:
+            if f is self.cpuinfo_file and f.writes != writes:
                 self._rebind_cpuinfo()
 
     def _ensure_records_file(self) -> None:
@@ -221,15 +222,15 @@ class Agent:
             self.errors("records", logging.ERROR, "cannot create %s: %s", path, exc)
 
     def _rebind_cpuinfo(self) -> None:
-        """dockerd's namespace pinned the old file's inode with its bind mount: show it the new one."""
-        self.cpuinfo_source.changed = False
+        """dockerd's namespace pinned the old file's inode with its bind mount: show it the new one
+        (after any rewrite: a regenerated file, or a repair that left the tampered inode pinned)."""
         pid = self.supervisor.pid
         if pid and self.config.cpuinfo.daemon:
             err = self.processes.rebind_cpuinfo(pid, self.config.cpuinfo.path)
             if err:
                 self.errors("rebind", logging.ERROR, "cpuinfo: could not refresh dockerd's view: %s", err)
             else:
-                log.info("cpuinfo: dockerd (pid %d) now sees the regenerated file", pid)
+                log.info("cpuinfo: dockerd (pid %d) now sees the rewritten file", pid)
 
     def _configure_dockerd(self, payload: payloads.Payload) -> None:
         blocked = None
@@ -247,8 +248,9 @@ class Agent:
         self.supervisor.configure(spec, blocked)
         run = self.supervisor.run
         if spec is not None and run is not None and run.spec is not None and run.spec != spec \
-                and self.supervisor.state == RUNNING and not self.tracker.update_pending():
+                and self.supervisor.state == RUNNING and not self.tracker.payload_changed():
             # Arguments, environment, personality or namespace changed (a reload): restart gracefully.
+            # A new payload changes them too (dockerd's path, PATH) but is restarted onto as an update.
             self.supervisor.request_restart("reload")
 
     def _platform(self) -> None:
@@ -266,8 +268,13 @@ class Agent:
         except Exception as exc:
             self.errors("version", logging.WARNING, "dockerd: /version failed: %s", exc)
             return
+        try:
+            variant = containerd_variant_of_pid(sup.pid)
+        except CpuinfoError:
+            # dockerd sees a non-Arm cpuinfo (cpuinfo.daemon = false on an x86 host): no Arm variant.
+            variant = ""
         self.platform = {"os": v.get("Os", ""), "arch": v.get("Arch", ""), "version": v.get("Version", ""),
-                         "variant": containerd_variant_of_pid(sup.pid)}
+                         "variant": variant}
         self.platform_pid = sup.pid
         log.info("dockerd: platform %s/%s/%s, server %s", self.platform["os"], self.platform["arch"],
                  self.platform["variant"] or "-", self.platform["version"])

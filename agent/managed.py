@@ -40,6 +40,7 @@ class ManagedFile:
         self.last_problem: Problem | None = None
         self.write_error = ""
         self.was_right = False         # repairs count only drift: putting a file in place the first time is installing
+        self.writes = 0                # times a new file (a new inode) was put in place
 
     def set_desired(self, data: bytes | None, unavailable: str = "") -> None:
         if data != self.desired:
@@ -91,6 +92,7 @@ class ManagedFile:
         except OSError as exc:
             self.write_error = f"cannot write {self.path}: {exc.strerror or exc}"
             raise
+        self.writes += 1
         self.write_error = ""
         kept = f"; old kept at {moved_to[0]}" if moved_to else ""
         if not self.was_right:

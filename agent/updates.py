@@ -96,8 +96,10 @@ class PayloadTracker:
     def adopted(self, payload: payloads.Payload) -> None:
         self.current = payload
 
-    def update_pending(self) -> bool:
-        return self.pending is not None
+    def payload_changed(self) -> bool:
+        """The payload differs from the one dockerd runs: restarting onto it is this tracker's job
+        (settled, validated, counted as an update, rolled back), not a reload's."""
+        return self.pending is not None or (self.running_fp is not None and self.seen_fp != self.running_fp)
 
     # -- known-good and rollback -------------------------------------------------------------------
     def _save_known_good(self) -> None:
