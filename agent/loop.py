@@ -165,6 +165,7 @@ class Agent:
         self._ensure_files(payload, full_check)
         self._configure_dockerd(payload)
         wait = self.supervisor.step()
+        self._check_daemon_view()
         self.tracker.after_step(self.supervisor)
         self._platform()
         if full_check:
@@ -190,14 +191,11 @@ class Agent:
             self.shim_file.set_desired(None, f"no docker client to exec: none in {c.docker.root} and shim.client unset")
         self._ensure_records_file()
         for f in (self.cpuinfo_file, self.shim_file):
-            writes = f.writes
             problem = f.ensure()
             if problem is not None and f.write_error:
                 self.errors(f"write-{f.name}", logging.ERROR, "%s: %s (will retry)", f.name, f.write_error)
             elif problem is None:
                 self.errors.clear(f"write-{f.name}")
-            if f is self.cpuinfo_file and f.writes != writes:
-                self._rebind_cpuinfo()
 
     def _ensure_records_file(self) -> None:
         """The shim appends to it as whoever runs docker: root, or members of the `docker` group.
@@ -221,11 +219,20 @@ class Agent:
         except OSError as exc:
             self.errors("records", logging.ERROR, "cannot create %s: %s", path, exc)
 
-    def _rebind_cpuinfo(self) -> None:
-        """dockerd's namespace pinned the old file's inode with its bind mount: show it the new one
-        (after any rewrite: a regenerated file, or a repair that left the tampered inode pinned)."""
+    def _check_daemon_view(self) -> None:
+        """dockerd's bind mount pins an inode: after any rewrite of the file (regenerated, repaired,
+        or written while an adopted dockerd was running) dockerd would keep seeing the old one. Two
+        stats per step tell; a re-bind inside its namespace fixes it."""
         pid = self.supervisor.pid
-        if pid and self.config.cpuinfo.daemon:
+        if not pid or not self.config.cpuinfo.daemon or self.supervisor.state != RUNNING \
+                or self.cpuinfo_file.last_problem is not None:
+            return
+        try:
+            ours = os.stat(self.config.cpuinfo.path)
+            seen = os.stat(f"{self.processes.proc}/{pid}/root/proc/cpuinfo")
+        except OSError:
+            return
+        if (ours.st_dev, ours.st_ino) != (seen.st_dev, seen.st_ino):
             err = self.processes.rebind_cpuinfo(pid, self.config.cpuinfo.path)
             if err:
                 self.errors("rebind", logging.ERROR, "cpuinfo: could not refresh dockerd's view: %s", err)
