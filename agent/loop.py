@@ -177,8 +177,8 @@ class Agent:
         self._publish()
         if self.metrics:
             self.metrics.on_step()
-        return min(wait, max(0.0, self._next_full - self.clock.monotonic()), self.tracker.wake_in(),
-                   self.notifier.watchdog_interval or 3600.0)
+        now = self.clock.monotonic()
+        return min(wait, max(0.0, self._next_full - now), self.tracker.wake_in(), self.notifier.watchdog_due_in(now))
 
     def _ensure_files(self, payload: payloads.Payload, full_check: bool) -> None:
         c = self.config

@@ -40,6 +40,9 @@ class RecordingNotifier:
     def watchdog(self, now):
         pass
 
+    def watchdog_due_in(self, now):
+        return 3600.0
+
     def reloading(self):
         self.messages.append("RELOADING=1")
 
