@@ -247,9 +247,14 @@ class DockerdSupervisor:
         self._to(STOPPING, f"SIGTERM to pid {run.handle.pid} ({why}{': ' + detail if detail else ''})")
 
     def _managed_containerd_alive(self) -> bool:
-        # A zombie counts as alive: dockerd checks with kill(pid, 0), which succeeds on zombies.
         pid = self.processes.read_pidfile(self.spec.containerd_pidfile)
-        return bool(pid) and self.processes.state(pid) is not None
+        state = self.processes.state(pid) if pid else None
+        if state == "Z":
+            # Dead, but until its new parent reaps it (systemd at once; some inits take seconds) dockerd's
+            # kill(pid, 0) would call it "still running". Its pidfile is stale: remove it and go.
+            self.processes.remove_file(self.spec.containerd_pidfile)
+            return False
+        return state is not None
 
     def _exited(self, status: int, now: float) -> None:
         run = self.run

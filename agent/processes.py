@@ -144,6 +144,12 @@ class Processes:
         except OSError:
             return None
 
+    def remove_file(self, path: str) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
     def read_pidfile(self, path: str) -> int | None:
         try:
             return int(Path(path).read_text().strip())
