@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Iterable
 
-import docker
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from agent.docker_api import DockerApi, NotFound
 from agent.metrics import PREFIX, Histogram, counter
 
 log = logging.getLogger(__name__)
@@ -88,12 +88,12 @@ def since_param(ns: int) -> str:
 class ContainerEventCounter(Collector):
     """Follows dockerd's container events in a thread; exports started/exited counts and run durations.
 
-    `client_factory` returns a docker.APIClient for the current dockerd socket without talking to the
+    `client_factory` returns a DockerApi for the current dockerd socket without talking to the
     daemon (give it an explicit API version); `clock` returns wall-clock seconds since epoch, the clock
     dockerd stamps its events with.
     """
 
-    def __init__(self, client_factory: Callable[[], docker.APIClient], clock: Callable[[], float],
+    def __init__(self, client_factory: Callable[[], DockerApi], clock: Callable[[], float],
                  registry: CollectorRegistry):
         self._client_factory = client_factory
         self._clock = clock
@@ -218,7 +218,7 @@ class ContainerEventCounter(Collector):
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def set_client_factory(self, client_factory: Callable[[], docker.APIClient]) -> None:
+    def set_client_factory(self, client_factory: Callable[[], DockerApi]) -> None:
         """For a dockerd restarted on another socket: the current stream is closed and the thread
         reconnects (and re-lists) through the new factory."""
         with self._lock:
@@ -267,10 +267,10 @@ class ContainerEventCounter(Collector):
                 continue                  # never started: nothing to account for yet
             try:
                 inspected.append(client.inspect_container(summary["Id"]))
-            except docker.errors.NotFound:
+            except NotFound:
                 continue                  # removed between list and inspect
         self.reconcile(inspected, boundary)
-        stream = client.events(decode=True, since=since_param(boundary), filters={"type": ["container"]})
+        stream = client.events(since=since_param(boundary), filters={"type": ["container"]})
         with self._lock:
             self._stream = stream
         if self._stopping.is_set():

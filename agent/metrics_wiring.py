@@ -9,6 +9,7 @@ import time
 from prometheus_client import CollectorRegistry
 
 from .container_events import ContainerEventCounter
+from .docker_api import DockerApi
 from .dockerd import RUNNING
 from .http_server import MetricsServer
 from .metrics import AgentCollector, ShimMetrics
@@ -34,14 +35,7 @@ class AgentMetrics:
 
     @staticmethod
     def _client_factory(socket_path: str):
-        def make():
-            import docker
-
-            # "auto" asks dockerd for its API version (Docker 29 refuses < 1.44); it raises while
-            # dockerd is down, and the follower retries with backoff.
-            return docker.APIClient(base_url="unix://" + socket_path, version="auto", timeout=10)
-
-        return make
+        return lambda: DockerApi(socket_path)
 
     def _dockerd_metrics_addr(self) -> str | None:
         c = self.agent.config

@@ -253,13 +253,13 @@ def test_timestamps_and_since_parameter():
 
 
 def test_the_thread_survives_a_missing_daemon_and_stops_promptly(tmp_path):
-    import docker
+    from agent.docker_api import DockerApi
     registry = CollectorRegistry()
     factory_calls = []
 
     def factory():
         factory_calls.append(1)
-        return docker.APIClient(base_url=f"unix://{tmp_path}/absent.sock", version="1.41", timeout=2)
+        return DockerApi(f"{tmp_path}/absent.sock")
 
     counter = ContainerEventCounter(factory, time.time, registry)
     counter.start()

@@ -11,7 +11,7 @@ import subprocess
 import time
 import uuid
 
-import docker
+from agent.docker_api import DockerApi
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -50,7 +50,7 @@ def exporter(metrics_dockerd):
     registry = CollectorRegistry()
     AgentCollector(lambda: realistic_snapshot(time.time()), registry)
     ShimMetrics(registry)
-    counter = ContainerEventCounter(lambda: docker.APIClient(base_url=d.host, version="1.41", timeout=10),
+    counter = ContainerEventCounter(lambda: DockerApi(d.sock),
                                     time.time, registry)
     alive = {"dockerd": True}
     server = MetricsServer("127.0.0.1", 0, registry, "", "", lambda: d.metrics_addr if alive["dockerd"] else None)
@@ -82,13 +82,17 @@ def test_container_results_and_durations_survive_a_dockerd_kill(exporter):
     assert run(d, "bb:local", "true").returncode == 0
     assert run(d, "bb:local", "sh", "-c", "exit 3").returncode == 3
     # 8 MiB and no swap: `tail` buffers /dev/zero (one endless line) until the cgroup's OOM killer
-    # fires; dockerd reports an `oom` event before the `die` (checked on this machine).
-    assert run(d, "--memory", "8m", "--memory-swap", "8m", "bb:local", "tail", "/dev/zero").returncode == 137
+    # fires. Whether dockerd *knows* it was the OOM killer (an `oom` event, State.OOMKilled) depends on
+    # the host's cgroup OOM notifications (seen both ways on this machine): the truth is Docker's own.
+    oomed = run(d, "--name", "oomed", "--memory", "8m", "--memory-swap", "8m", "bb:local", "tail", "/dev/zero")
+    assert oomed.returncode == 137
+    oom = 1 if d.docker("inspect", "-f", "{{.State.OOMKilled}}", "oomed").stdout.strip() == "true" else 0
+    d.docker("rm", "oomed")
     victim = run(d, "-d", "bb:local", "sleep", "100", check=True).stdout.strip()
     d.docker("kill", victim)
     s = wait_value(server, 4, "armhf_agent_container_run_duration_seconds_count")
     assert value(s, "armhf_agent_containers_started_total") == 4
-    for result, count in {"success": 1, "failure": 1, "oom": 1, "killed": 1, "unknown": 0}.items():
+    for result, count in {"success": 1, "failure": 1, "oom": oom, "killed": 2 - oom, "unknown": 0}.items():
         assert value(s, "armhf_agent_containers_exited_total", result=result) == count, result
     assert value(s, "armhf_agent_container_run_duration_seconds_bucket", le="5.0") == 4
     assert 0 < value(s, "armhf_agent_container_run_duration_seconds_sum") < 20
@@ -109,7 +113,7 @@ def test_container_results_and_durations_survive_a_dockerd_kill(exporter):
     wait_value(server, 2, "armhf_agent_docker_events_resyncs_total")
     s = wait_value(server, 1, "armhf_agent_docker_events_connected")
     assert value(s, "armhf_agent_containers_started_total") == 6
-    for result, count in {"success": 1, "failure": 2, "oom": 1, "killed": 2, "unknown": 0}.items():
+    for result, count in {"success": 1, "failure": 2, "oom": oom, "killed": 3 - oom, "unknown": 0}.items():
         assert value(s, "armhf_agent_containers_exited_total", result=result) == count, result
 
     # The stream works again, and nothing from before the restart is counted a second time.
@@ -118,7 +122,7 @@ def test_container_results_and_durations_survive_a_dockerd_kill(exporter):
     time.sleep(1)
     s = current(server)
     assert value(s, "armhf_agent_containers_started_total") == 7
-    for result, count in {"success": 2, "failure": 2, "oom": 1, "killed": 2, "unknown": 0}.items():
+    for result, count in {"success": 2, "failure": 2, "oom": oom, "killed": 3 - oom, "unknown": 0}.items():
         assert value(s, "armhf_agent_containers_exited_total", result=result) == count, result
     # Five short runs (< 1 s), the `sleep 3; exit 5` run (3-5 s), the one dockerd's restart stopped (> 5 s:
     # dockerd stayed dead for 5 s).
@@ -149,7 +153,7 @@ def test_a_new_client_factory_reconnects_and_stop_closes_a_live_stream(metrics_d
 
     def factory():
         made.append(1)
-        return docker.APIClient(base_url=d.host, version="1.41", timeout=10)
+        return DockerApi(d.sock)
 
     counter = ContainerEventCounter(factory, time.time, registry)
     server = MetricsServer("127.0.0.1", 0, registry, "", "", lambda: None)
