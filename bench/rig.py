@@ -89,7 +89,8 @@ class CounterWatch:
 
 class Rig:
     def __init__(self, prefix: str = "rig", image: bool = True, sentinel: bool = True, metrics: bool = False,
-                 **overrides):
+                 small_fs: str = "", **overrides):
+        """`small_fs`: a tmpfs size (e.g. "64k") mounted where the cpuinfo lives, to fill it up."""
         self.base = new_base(prefix)
         self.config = rig_config(self.base, **overrides)
         self.want_image = image
@@ -99,6 +100,9 @@ class Rig:
         self.watch: CounterWatch | None = None
         self.sentinel_pid: int | None = None
         (self.base / "root").mkdir()
+        if small_fs:
+            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={small_fs},mode=0755", "tmpfs",
+                            str(self.base / "root")], check=True)
         make_payload(Path(self.config["docker"]["root"]))
 
     # -- life cycle ----------------------------------------------------------------------------------
