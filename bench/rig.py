@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -37,6 +38,12 @@ def rig_config(base: Path, **overrides) -> dict:
     cfg["docker"]["root"] = str(base / "opt" / "docker")
     cfg["cpuinfo"]["path"] = str(base / "root" / "hijacked-armhf-cpuinfo")
     return cfg
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def counters(state: dict) -> dict[str, int]:
@@ -93,6 +100,10 @@ class Rig:
         """`small_fs`: a tmpfs size (e.g. "64k") mounted where the cpuinfo lives, to fill it up."""
         self.base = new_base(prefix)
         self.config = rig_config(self.base, **overrides)
+        if metrics:
+            # As shipped: the agent's endpoint and dockerd's own metrics (proxied), on free loopback ports.
+            self.config["metrics"] = {"listen": f"127.0.0.1:{free_port()}", "docker_metrics": True,
+                                      "docker_metrics_listen": f"127.0.0.1:{free_port()}"}
         self.want_image = image
         self.want_sentinel = sentinel and image
         self.metrics = metrics
@@ -150,6 +161,10 @@ class Rig:
     @property
     def sock(self) -> str:
         return self.agent.sock
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.config['metrics']['listen']}/metrics"
 
     @property
     def cpuinfo(self) -> Path:
@@ -243,5 +258,15 @@ def rss_bytes(pid: int) -> int:
     raise ValueError(f"no VmRSS for pid {pid}")
 
 
-__all__ = ["Rig", "CounterWatch", "counters", "rig_config", "proc_stat", "rss_bytes", "pid_alive", "ping",
-           "wait_for", "docker_cli", "REPO"]
+def rss_parts(pid: int) -> tuple[int, int]:
+    """(RssAnon, RssFile + RssShmem) in bytes: what the process allocated vs mapped files it shares."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("RssAnon", "RssFile", "RssShmem"):
+            fields[key] = int(value.split()[0]) * 1024
+    return fields["RssAnon"], fields["RssFile"] + fields["RssShmem"]
+
+
+__all__ = ["Rig", "CounterWatch", "counters", "rig_config", "proc_stat", "rss_bytes", "rss_parts", "pid_alive",
+           "ping", "wait_for", "docker_cli", "new_base", "REPO"]

@@ -47,3 +47,14 @@ def test_bench_quick_every_figure_measured_and_nothing_lost():
     figures_seen = [r.figure for r in rows]
     assert len([f for f in figures_seen if f.startswith("repair latency")]) == 8
     assert all(r.measured for r in rows)
+
+
+def test_bench_quick_metrics_scrapes_answer_and_no_container_lost_or_double():
+    """Every scrape answers 200 with the agent's metrics, dockerd healthy and SIGSTOPped; every
+    container that ran is counted exactly once."""
+    with Rig("sm", sentinel=False, metrics=True, docker__health_failures=100) as rig:
+        rows = figures.scrape_latency(rig, 2)
+        rows += figures.event_throughput(rig, 20)
+        rig.assert_nothing_lost()
+    throughput = next(r for r in rows if r.figure.startswith("event throughput"))
+    assert throughput.met, throughput.note
