@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -217,6 +218,18 @@ class Rig:
                                  f"{self.log_since(mark)[-3000:]}") from None
 
     # -- nothing lost --------------------------------------------------------------------------------
+    @staticmethod
+    def _on_disk_problem(path: Path, mode: int) -> str:
+        try:
+            st = os.lstat(path)
+        except OSError as exc:
+            return f"{path}: {exc.strerror}"
+        if not stat.S_ISREG(st.st_mode):
+            return f"{path} is not a regular file"
+        if (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) != (0, 0, mode):
+            return f"{path} is {st.st_uid}:{st.st_gid} {stat.S_IMODE(st.st_mode):04o}, not 0:0 {mode:04o}"
+        return ""
+
     def sentinel(self) -> dict:
         out = self.docker("inspect", SENTINEL, check=False, timeout=30)
         if out.returncode != 0:
@@ -229,10 +242,18 @@ class Rig:
         always` when it was (no live-restore: a new dockerd restarts what ran before)."""
         wait_for(lambda: ping(self.sock), timeout, 0.05, "dockerd answers /_ping")
         self.wait_files_ok(timeout)
-        for name, path in (("cpuinfo", self.cpuinfo), ("shim", self.shim)):
-            st = os.lstat(path)
-            assert os.path.isfile(path) and not os.path.islink(path), f"{name}: {path} is not a regular file"
-            assert (st.st_uid, st.st_gid) == (0, 0), f"{name}: {path} owned by {st.st_uid}:{st.st_gid}"
+        problems: list[str] = []
+
+        def on_disk_right() -> bool:
+            problems[:] = [p for p in (self._on_disk_problem(self.cpuinfo, 0o644),
+                                       self._on_disk_problem(self.shim, 0o755)) if p]
+            return not problems
+
+        try:
+            # state.json may predate a change made just before this check: the disk has the last word.
+            wait_for(on_disk_right, timeout, 0.02, "both files right on disk")
+        except TimeoutError:
+            raise AssertionError("; ".join(problems)) from None
         assert not self.watch.violations, f"counters went down: {self.watch.violations}"
         if self.want_sentinel:
             if dockerd_restarted:

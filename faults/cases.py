@@ -123,9 +123,12 @@ def payload_binary_removed(rig: Rig) -> None:
     assert rig.dockerd_pid() == pid and ping(rig.sock), "dockerd was touched while the payload was incomplete"
     bumped(rig, before, "payload.updates.rejected")
     rig.assert_nothing_lost(dockerd_restarted=False)
+    mark = rig.mark()
     _install(binary, data)
     rig.wait_log(mark, r"payload .* is complete and safe now")
-    wait_for(lambda: rig.state()["payload"]["state"] == "ok" and rig.dockerd_pid(), 60, 0.05, "payload ok again")
+    rig.wait_log(mark, r"update: applied; dockerd pid \d+ healthy on the new payload")
+    rig.agent.wait_running(60, other_than=pid)
+    assert rig.state()["payload"]["state"] == "ok"
     rig.assert_nothing_lost(dockerd_restarted=True)
 
 
