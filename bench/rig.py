@@ -111,6 +111,7 @@ class Rig:
         self.watch: CounterWatch | None = None
         self.sentinel_pid: int | None = None
         (self.base / "root").mkdir()
+        self.small_fs = small_fs
         if small_fs:
             subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={small_fs},mode=0755", "tmpfs",
                             str(self.base / "root")], check=True)
@@ -148,7 +149,8 @@ class Rig:
                     os.kill(int(pid), 9)
                 except OSError:
                     pass
-        subprocess.run(["umount", "-R", "-l", str(self.base)], capture_output=True)
+        if self.small_fs:
+            subprocess.run(["umount", "-l", str(self.base / "root")], capture_output=True)
         shutil.rmtree(self.base, ignore_errors=True)
 
     def __enter__(self) -> "Rig":
