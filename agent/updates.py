@@ -88,6 +88,9 @@ class PayloadTracker:
             if supervisor.state == RUNNING and self.running_fp == self.pending:
                 self.updates["applied"] += 1
                 self.pending = None
+                # A rejection is remembered against the payload dockerd ran on; on a new one, the same
+                # broken state seen again is a new rejection (logged and counted).
+                self.rejected_fp = None
                 log.info("update: applied; dockerd pid %s healthy on the new payload", pid)
             elif supervisor.state == BACKOFF:
                 self._roll_back()
