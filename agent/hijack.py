@@ -24,7 +24,7 @@ def cpuinfo_marker() -> bytes:
 
 
 def read_compat_view() -> str | None:
-    r = subprocess.run([sys.executable, "-I", LAUNCHER, "--personality", "linux32", "--", "/bin/cat", "/proc/cpuinfo"],
+    r = subprocess.run([sys.executable, "-I", "-S", LAUNCHER, "--personality", "linux32", "--", "/bin/cat", "/proc/cpuinfo"],
                        capture_output=True, text=True)
     return r.stdout if r.returncode == 0 else None
 
