@@ -100,16 +100,16 @@ run() {
         dir=$1; shift
         mount -t proc proc "$dir/proc"
         mount --rbind /dev "$dir/dev"
-        # pip trusts what the host trusts (a TLS-inspecting proxy adds its CA to the host bundle).
-        mkdir -p "$dir/etc/ssl/certs"
-        touch "$dir/etc/ssl/certs/ca-certificates.crt"
-        mount --bind -o ro /etc/ssl/certs/ca-certificates.crt "$dir/etc/ssl/certs/ca-certificates.crt"
+        # pip trusts what the host trusts (a TLS-inspecting proxy adds its CA to the host bundle);
+        # beside, not over, the chroot'"'"'s own bundle, which ca-certificates must be free to rewrite.
+        touch "$dir/run/host-ca-certificates.crt"
+        mount --bind -o ro /etc/ssl/certs/ca-certificates.crt "$dir/run/host-ca-certificates.crt"
         for pair in ${CHROOT_BINDS:-}; do
             mkdir -p "$dir/${pair#*:}"
             mount --bind "${pair%%:*}" "$dir/${pair#*:}"
         done
         exec chroot "$dir" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
-            LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive PIP_CERT=/etc/ssl/certs/ca-certificates.crt "$@"
+            LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive PIP_CERT=/run/host-ca-certificates.crt "$@"
     ' sh "$dir" "$@"
 }
 
