@@ -46,6 +46,9 @@ mmdebstrap_options() {  # KIND -> one option per line
         systemd)
             echo --variant=minbase
             echo --include=systemd,systemd-sysv,dbus,procps,python3,docker.io
+            # docker.io is only the stand-in payload's source: its own daemons must not run (they
+            # would hold /var/run/docker.pid and docker.sock, which the agent's dockerd uses).
+            echo "--customize-hook=chroot \"\$1\" systemctl mask docker.service docker.socket containerd.service"
             ;;
         *) die "unknown chroot kind '$kind' (build, install, systemd)" ;;
     esac
@@ -79,6 +82,10 @@ tarball() {
         # A temporary name first: an interrupted run never leaves a truncated tarball in the cache.
         mmdebstrap --mode=root --format=tar "${options[@]}" "$release" "$tmp" "${mirrors[@]}" >&2
         mv "$tmp" "$path"
+        # Tarballs of this release and kind made from an older package list are dead weight now.
+        for old in "$CACHE/chroots/$release-$kind-"*.tar; do
+            [ "$old" = "$path" ] || rm -f "$old" "$old.lock"
+        done
     fi
     exec 9>&-
     echo "$path"

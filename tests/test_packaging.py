@@ -178,7 +178,7 @@ def test_lintian_clean_and_unit_verifies(release, debs):
         inside = root.put(deb, "/tmp/debs")
         lint = root.run("lintian", "--fail-on", "error,warning", inside, check=False)
         assert lint.returncode == 0, lint.stdout + lint.stderr
-        root.run("apt-get", "install", "-y", "--no-download", inside)
+        root.run("dpkg", "-i", inside)     # its Depends are all in the build chroot already
         (unit,) = [p for p in root.run("dpkg", "-L", "armhf-agent").stdout.split() if p.endswith(".service")]
         verify = root.run("systemd-analyze", "verify", unit, check=False)
         assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
