@@ -7,7 +7,7 @@
 #
 # KIND is one of:
 #   build    buildd variant + the Build-Depends of packaging/debian/control + lintian + systemd
-#            (for systemd-analyze verify in that release's systemd)
+#            and procps (for systemd-analyze verify of the installed unit in that release's systemd)
 #   install  minbase: what a fresh host has; apt pulls the .deb's Depends from the archive
 #   systemd  minbase + systemd as init + python3 + docker.io: a rootfs for a systemd container that
 #            has no network, so everything the .deb and its tests need is already inside
@@ -36,7 +36,8 @@ mmdebstrap_options() {  # KIND -> one option per line
     case $kind in
         build)
             echo --variant=buildd
-            echo --include=lintian,systemd
+            # systemd and procps (/bin/kill): what `systemd-analyze verify` of the installed unit needs.
+            echo --include=lintian,systemd,procps
             # apt-get satisfy honours the version constraints that --include cannot express.
             echo "--customize-hook=chroot \"\$1\" apt-get satisfy -y --no-install-recommends '$(build_depends)'"
             ;;

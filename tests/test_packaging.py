@@ -115,6 +115,7 @@ def test_install_upgrade_remove_purge(release, debs, install_chroot):
     assert root.dpkg_status("armhf-agent") == "install ok installed"
     assert_agent_runs(root, release)
     assert root.path(CONFFILE).is_file() and root.path(APT_HOOK).is_file()
+    assert root.path("/bin/kill").exists(), "the unit's ExecReload needs /bin/kill (procps)"
     assert CONFFILE in root.run("dpkg-query", "-W", "-f=${Conffiles}", "armhf-agent").stdout
     assert enablement_links(root), "unit not enabled"
     assert list(root.path(VENV).rglob("__pycache__/*.pyc")), "postinst did not byte-compile the venv"

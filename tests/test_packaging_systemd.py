@@ -151,20 +151,25 @@ def test_agent_under_systemd(container, tmp_path):
     # (prerm: SIGUSR2), the new one adopts it; the container and its client never notice.
     tar = make_busybox_tar(tmp_path / "bb.tar")
     container.exec(*INNER_DOCKER, "import", container.put(tar, "/tmp/img"), "bb:local")
-    container.exec("sh", "-c", "nohup sh -c '" + " ".join(INNER_DOCKER) + " run --rm --network none bb:local "
-                   "sh -c \"i=0; while [ \\$i -lt 30 ]; do echo tick \\$i; i=\\$((i+1)); sleep 0.5; done\" "
-                   "> /tmp/attached.log 2>&1; echo exit=\\$? >> /tmp/attached.log' >/dev/null 2>&1 &")
+    container.sh("""cat > /tmp/attached.sh <<'EOF'
+/usr/bin/docker -H unix:///var/run/docker.sock run --rm --network none bb:local \\
+    sh -c 'i=0; while [ $i -lt 60 ]; do echo tick $i; i=$((i+1)); sleep 0.5; done'
+echo "exit=$?"
+EOF""")
+    container.exec("sh", "-c", "nohup sh /tmp/attached.sh > /tmp/attached.log 2>&1 &")
     container.sh("for i in $(seq 100); do grep -q 'tick 2' /tmp/attached.log && exit 0; sleep 0.1; done; exit 1")
     agent_pid, dockerd_pid = container.prop(UNIT, "MainPID"), inner_dockerd_pid(container)
     container.exec("apt-get", "install", "-y", v2)
+    assert "exit=" not in container.exec("cat", "/tmp/attached.log").stdout, "the upgrade outlasted the test container"
     assert container.exec("dpkg-query", "-W", "-f=${Version}", "armhf-agent").stdout == deb_field(debs["v2"], "Version")
     container.wait_prop(UNIT, "ActiveState", "active", 60)
     assert container.prop(UNIT, "MainPID") != agent_pid
     assert inner_dockerd_pid(container) == dockerd_pid
-    container.sh("for i in $(seq 300); do grep -q '^exit=' /tmp/attached.log && exit 0; sleep 0.1; done; exit 1")
+    container.sh("for i in $(seq 600); do grep -q '^exit=' /tmp/attached.log && exit 0; sleep 0.1; done; exit 1")
     attached = container.exec("cat", "/tmp/attached.log").stdout
-    assert "tick 29" in attached and "exit=0" in attached, attached
+    assert "tick 59" in attached and "exit=0" in attached, attached
     assert state(container)["dockerd"]["adopted"] is True
+    assert "detaching: leaving dockerd" in container.exec("journalctl", "-u", UNIT, "--no-pager").stdout
     assert container.exec("test", "-e", "/run/systemd/system/armhf-agent.service.d/50-upgrade-handover.conf",
                           check=False).returncode == 1
 
