@@ -30,9 +30,16 @@ Decision rules (the script is the implementation; tests/test_shim_property.py ch
 Records (format in agent.shim_records): one line appended per invocation, by a single `printf`
 append whose errors are discarded, skipped when the path is a FIFO (an append would block).
 Non-build commands record before `exec` with epoch `-`: dash has no builtin clock and a `date`
-fork would cost about as much as the whole 1 ms overhead budget; the reader stamps those records
-with the time it reads them. Builds record after the client exits, with `date +%s%N` (GNU and
-busybox date) for the epoch and the duration; `-` where that clock is unavailable.
+fork would cost about as much as the whole 1 ms overhead budget (ShimRecord.time is None for them;
+a consumer needing a time uses when it read them). Builds record after the client exits, with
+`date +%s%N` (GNU and busybox date) for the epoch and the duration; `-` where that clock is
+unavailable.
+
+Builds: SIGINT, SIGTERM and SIGHUP sent to the shim are passed to the client, and the shim exits
+with the client's status. POSIX starts a background child with SIGINT ignored and stdin on
+/dev/null (before its redirections, so `<&0` cannot undo it): stdin is handed over through a spare
+descriptor, and a client still ignoring SIGINT when one arrives (docker 20.10's classic builder
+never takes it back) gets SIGTERM instead, which docker handles the same way.
 """
 
 from __future__ import annotations
@@ -90,6 +97,7 @@ def render_shim(client: str, cpuinfo_path: str, records_path: str, agent_version
 _TEMPLATE = r"""#!/bin/sh
 # docker shim installed by armhf-agent @VERSION@; the agent rewrites this file when it drifts.
 # Inserts the hijacked cpuinfo mount into run/create, records each invocation, runs the client.
+# shellcheck disable=SC2016 # the paths below are literal even where they hold a `$`
 armhf_client=@CLIENT@
 armhf_mount=@MOUNT@
 armhf_records=@RECORDS@
@@ -169,6 +177,7 @@ armhf_run_option() {
     --detach | --disable-content-trust | --help | --init | --interactive | --no-healthcheck | \
     --oom-kill-disable | --privileged | --publish-all | --quiet | --read-only | --rm | --sig-proxy | \
     --tty | --use-api-socket | --*=*) ;;
+    --) armhf_next=stop ;;
     --*) armhf_next=value ;;
     -?*) armhf_short_options "$1" dtiPq acehlmpuw value ;;
     *) armhf_next=stop ;;
@@ -236,25 +245,42 @@ fi
 # shellcheck disable=SC2317 # called from the traps below
 armhf_forward() {
     armhf_signalled=1
-    if [ -n "$armhf_pid" ]; then
-        kill -s "$1" "$armhf_pid" 2>/dev/null
-    else
+    if [ -z "$armhf_pid" ]; then
         armhf_pending="$armhf_pending $1"
+        return
     fi
+    armhf_signal=$1
+    if [ "$1" = INT ]; then
+        # POSIX makes a background child ignore SIGINT. A client that never takes it back (docker
+        # 20.10's classic builder) would build on after Ctrl-C: it gets SIGTERM, which docker
+        # treats as it treats SIGINT. SigIgn is a hex mask; SIGINT is bit 1 of its last digit.
+        armhf_ignored=$(while read -r armhf_key armhf_value; do
+            if [ "$armhf_key" = SigIgn: ]; then echo "$armhf_value"; fi
+        done 2>/dev/null <"/proc/$armhf_pid/status")
+        case $armhf_ignored in *[2367abefABEF]) armhf_signal=TERM ;; esac
+    fi
+    kill -s "$armhf_signal" "$armhf_pid" 2>/dev/null
 }
 
-# Builds run as a child so their duration and status can be recorded. `<&0`: POSIX gives an
-# asynchronous command /dev/null as stdin otherwise (`docker build -` reads the Dockerfile there).
+# Builds run as a child so their duration and status can be recorded. POSIX gives an
+# asynchronous command /dev/null as stdin *before* its redirections, so `<&0` would only copy that;
+# the real stdin (`docker build -` reads the Dockerfile there) goes through a spare descriptor,
+# one the caller did not pass (the client must see the caller's descriptors unchanged).
+for armhf_fd in 9 8 7 6 5 4 3; do
+    [ -h /proc/self/fd/$armhf_fd ] || break
+done
+eval "exec $armhf_fd<&0"
 armhf_start=$(date +%s%N 2>/dev/null)
 armhf_pid=
 armhf_pending=
 trap 'armhf_forward INT' INT
 trap 'armhf_forward TERM' TERM
 trap 'armhf_forward HUP' HUP
-"$armhf_client" "$@" <&0 &
+eval '"$armhf_client" "$@" <&'"$armhf_fd $armhf_fd"'<&- &'
 armhf_pid=$!
+eval "exec $armhf_fd<&-"
 for armhf_signal in $armhf_pending; do
-    kill -s "$armhf_signal" "$armhf_pid" 2>/dev/null
+    armhf_forward "$armhf_signal"
 done
 armhf_status=
 while :; do

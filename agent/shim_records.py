@@ -92,6 +92,8 @@ class ShimRecordReader:
                 self.malformed += 1     # a finished file will never complete this line
             os.close(self._retired.fd)
             self._retired = None
+        if self._current is not None:
+            self._drain(self._current, records)     # before _follow may retire it
         self._follow()
         if self._current is not None:
             self._drain(self._current, records)
