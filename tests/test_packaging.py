@@ -116,6 +116,9 @@ def test_install_upgrade_remove_purge(release, debs, install_chroot):
     assert_agent_runs(root, release)
     assert root.path(CONFFILE).is_file() and root.path(APT_HOOK).is_file()
     assert root.path("/bin/kill").exists(), "the unit's ExecReload needs /bin/kill (procps)"
+    assert root.path("/usr/share/doc/armhf-agent/README.md").is_file(), "the unit's Documentation="
+    assert root.path("/usr/share/armhf-agent/prometheus/armhf-agent.rules.yml").is_file()
+    assert root.path("/usr/share/armhf-agent/grafana/armhf-agent.json").is_file()
     assert CONFFILE in root.run("dpkg-query", "-W", "-f=${Conffiles}", "armhf-agent").stdout
     assert enablement_links(root), "unit not enabled"
     assert list(root.path(VENV).rglob("__pycache__/*.pyc")), "postinst did not byte-compile the venv"
