@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import time
 import urllib.parse
 
@@ -27,10 +28,15 @@ class NotFound(DockerApiError):
     pass
 
 
-def _http_get(sock_path: str, path: str, timeout: float, limit: int = 1 << 20) -> tuple[int, bytes]:
+def _http_get(sock_path: str, path: str, timeout: float, limit: int = 1 << 20,
+              peer: list | None = None) -> tuple[int, bytes]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(sock_path)
+        if peer is not None:
+            # SO_PEERCRED: pid, uid, gid of the process that is listening on the socket.
+            peer.append(struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                         struct.calcsize("3i")))[0])
         s.sendall(f"GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
         chunks = []
         total = 0
@@ -57,13 +63,15 @@ class DockerApi:
     def __init__(self, sock_path: str):
         self.sock_path = sock_path
 
-    def ping(self, timeout: float) -> float:
-        """Latency in seconds; raises DockerApiError/OSError on failure or timeout."""
+    def ping(self, timeout: float) -> tuple[float, int]:
+        """(latency in seconds, pid of the process answering); raises DockerApiError/OSError on failure
+        or timeout."""
         t0 = time.monotonic()
-        status, body = _http_get(self.sock_path, "/_ping", timeout, limit=4096)
+        peer: list[int] = []
+        status, body = _http_get(self.sock_path, "/_ping", timeout, limit=4096, peer=peer)
         if status != 200:
             raise DockerApiError(f"/_ping answered HTTP {status}")
-        return time.monotonic() - t0
+        return time.monotonic() - t0, peer[0]
 
     def version(self, timeout: float) -> dict:
         status, body = _http_get(self.sock_path, "/version", timeout)

@@ -97,6 +97,7 @@ class DockerdSupervisor:
         self.last_restart_at: float | None = None
         self.ping_ok = False
         self.ping_seconds: float | None = None
+        self.foreign_pings = 0
         self.adopted = False
 
     # -- inputs from the loop ------------------------------------------------------------------------
@@ -299,11 +300,24 @@ class DockerdSupervisor:
 
     def _ping(self, timeout: float) -> bool:
         try:
-            self.ping_seconds = self.api.ping(timeout)
-            self.ping_ok = True
+            latency, answering = self.api.ping(timeout)
         except Exception:  # any failure to answer (refused, timeout, garbage) is a failed probe
             self.ping_ok = False
-        return self.ping_ok
+            return False
+        pid = self.run.handle.pid if self.run else None
+        if answering != pid:
+            # Another daemon (the distribution's docker.service, a leftover dockerd) answers on our
+            # socket: that is not our dockerd being healthy.
+            self.foreign_pings += 1
+            if self.foreign_pings == 1 or self.foreign_pings % 100 == 0:
+                log.error("dockerd: pid %s answers on %s, not ours (pid %s): stop it (systemctl disable "
+                          "--now docker.service docker.socket?)", answering, self.api.sock_path, pid)
+            self.ping_ok = False
+            return False
+        self.foreign_pings = 0
+        self.ping_seconds = latency
+        self.ping_ok = True
+        return True
 
     def _to(self, state: str, reason: str) -> None:
         if state != self.state or reason != self.reason:

@@ -415,9 +415,12 @@ class Agent:
                      exe or "not running")
             return
         try:
-            self.api.ping(d.health_timeout_seconds)
+            _, answering = self.api.ping(d.health_timeout_seconds)
         except Exception as exc:
             log.warning("dockerd pid %d does not answer on %s (%s): not adopting", pid, d.host, exc)
+            return
+        if answering != pid:
+            log.warning("pid %s answers on %s, not the pidfile's dockerd (pid %d): not adopting", answering, d.host, pid)
             return
         handle = self.processes.adopt(pid)
         if handle is None:
