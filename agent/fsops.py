@@ -49,6 +49,16 @@ def atomic_write(path: str, data: bytes, mode: int, uid: int = 0, gid: int = 0, 
         os.close(dfd)
 
 
+def fix_owner_and_mode(path: str, mode: int, uid: int = 0, gid: int = 0) -> None:
+    """root-owned with `mode`, on the file itself (O_NOFOLLOW: never a symlink's target)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
 def read_nofollow(path: str, limit: int) -> bytes | None:
     """The file's bytes (at most limit+1), or None if it is not a regular file we can read."""
     try:

@@ -12,7 +12,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from .fsops import DisplacedStore, atomic_write, read_nofollow
+from .fsops import DisplacedStore, atomic_write, fix_owner_and_mode, read_nofollow
 from .state import REPAIR_REASONS, FileState
 
 log = logging.getLogger("armhf-agent.files")
@@ -80,6 +80,17 @@ class ManagedFile:
     def repair(self, problem: Problem) -> bool:
         """Returns True when the file is right afterwards."""
         assert self.desired is not None
+        if problem.reason in ("owner", "mode"):
+            # The content is right: fix the same inode in place. A new inode would race with runc,
+            # which refuses a bind source replaced while it mounts it ("possibly malicious path ...
+            # (deleted)", seen with 50 concurrent `docker run` during mode drift).
+            try:
+                fix_owner_and_mode(self.path, self.mode)
+            except OSError as exc:
+                self.write_error = f"cannot fix owner/mode of {self.path}: {exc.strerror or exc}"
+                raise
+            self._count(problem, "")
+            return True
         moved_to: list[str] = []
 
         def move_aside() -> None:
@@ -95,16 +106,18 @@ class ManagedFile:
         except OSError as exc:
             self.write_error = f"cannot write {self.path}: {exc.strerror or exc}"
             raise
+        self._count(problem, f"; old kept at {moved_to[0]}" if moved_to else "")
+        return True
+
+    def _count(self, problem: Problem, kept: str) -> None:
         self.write_error = ""
-        kept = f"; old kept at {moved_to[0]}" if moved_to else ""
         if not self.was_right:
             log.info("%s: installed %s (%s%s)", self.name, self.path, problem.detail, kept)
-            return True
+            return
         self.repairs[problem.reason] += 1
         self.last_repair_reason = problem.reason
         self.last_repair_at = self.clock.time()
         log.warning("%s: repaired %s (%s: %s%s)", self.name, self.path, problem.reason, problem.detail, kept)
-        return True
 
     def ensure(self) -> Problem | None:
         """check, then repair if needed. Returns the problem that remains (None = file is right)."""
