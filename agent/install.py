@@ -25,7 +25,8 @@ def _extract(source: str, staging: str) -> None:
             for member in tar.getmembers():
                 if member.name.startswith("/") or ".." in member.name.split("/"):
                     raise InstallError(f"{source}: unsafe path in archive: {member.name}")
-            tar.extractall(staging, filter="tar" if hasattr(tarfile, "tar_filter") else None)
+            # extraction filters exist from 3.11.4/3.12 on; Debian 12's 3.11.2 has no `filter` argument.
+            tar.extractall(staging, **({"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}))
     except (tarfile.TarError, OSError) as exc:
         raise InstallError(f"{source}: not a readable tar archive ({exc})") from None
 
