@@ -1,0 +1,308 @@
+#!/usr/bin/env python3
+"""End-to-end run on an emulated arm64 host: build (or reuse) the guest image, boot it under
+qemu-system-aarch64, read the probe verdicts from the serial console, print them as a table.
+
+Exit status: 0 when every probe passed and the guest reported E2E DONE, 1 otherwise, 2 on bad
+usage or a missing host tool. Standard library only: it runs on the host's python3, not the venv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+DEFAULT_CACHE = REPO / ".cache" / "e2e"
+# Cortex-A72 (Graviton1) runs AArch32 at EL0 and is the fastest such model under TCG here;
+# a64fx has no AArch32 at all (reference/test-environment.md).
+DEFAULT_CPU = "cortex-a72"
+NO_AARCH32_CPUS = {"a64fx"}
+DEFAULT_TIMEOUT_SECONDS = 1200
+HOST_TOOLS = {
+    "mmdebstrap": "mmdebstrap",
+    "qemu-system-aarch64": "qemu-system-arm",
+    "qemu-img": "qemu-utils",
+    "mke2fs": "e2fsprogs",
+    "cpio": "cpio",
+    "dpkg-deb": "dpkg",
+    "update-binfmts": "binfmt-support",
+}
+BINFMT = Path("/proc/sys/fs/binfmt_misc")
+
+LINE = re.compile(r"E2E (?P<kind>PASS|FAIL|INFO|DONE)(?: (?P<rest>.*))?$")
+RESULT = re.compile(r"(?P<name>\S+) (?P<detail>.*) (?P<seconds>\d+\.\d{3})s$")
+
+
+class UsageError(Exception):
+    pass
+
+
+@dataclass
+class ProbeResult:
+    name: str
+    passed: bool
+    detail: str
+    seconds: float
+
+
+@dataclass
+class Report:
+    results: list[ProbeResult] = field(default_factory=list)
+    info: dict[str, str] = field(default_factory=dict)
+    done: tuple[int, int] | None = None     # (passed, failed) as counted by the guest
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and bool(self.results) and all(r.passed for r in self.results)
+
+
+def parse_console(lines) -> Report:
+    """Collects the probe lines from a serial console log. Kernel or systemd output may precede a
+    marker on the same line, so markers are searched, not anchored at the line start."""
+    report = Report()
+    for raw in lines:
+        match = LINE.search(raw.rstrip("\r\n"))
+        if not match:
+            continue
+        kind, rest = match["kind"], match["rest"] or ""
+        if kind == "INFO":
+            key, _, value = rest.partition(" ")
+            report.info[key] = value.strip()
+        elif kind == "DONE":
+            counts = rest.split()
+            if len(counts) == 2 and all(c.isdigit() for c in counts):
+                report.done = (int(counts[0]), int(counts[1]))
+            else:
+                report.problems.append(f"malformed E2E DONE line: {raw.strip()!r}")
+        else:
+            result = RESULT.match(rest)
+            if not result:
+                report.problems.append(f"malformed E2E {kind} line: {raw.strip()!r}")
+                continue
+            report.results.append(ProbeResult(result["name"], kind == "PASS", result["detail"],
+                                              float(result["seconds"])))
+    if report.done is None:
+        report.problems.append("the guest never printed E2E DONE (crashed, hung or timed out)")
+    else:
+        seen = (sum(r.passed for r in report.results), sum(not r.passed for r in report.results))
+        if seen != report.done:
+            report.problems.append(f"the guest counted {report.done[0]} passed / {report.done[1]} failed "
+                                   f"but the console shows {seen[0]} / {seen[1]} (lines lost or garbled)")
+    if not report.results:
+        report.problems.append("no probe results on the console")
+    return report
+
+
+def format_table(report: Report) -> str:
+    width = max([len(r.name) for r in report.results] + [5])
+    rows = [f"{'probe':<{width}}  result  seconds  detail"]
+    for r in report.results:
+        rows.append(f"{r.name:<{width}}  {'PASS' if r.passed else 'FAIL':<6}  {r.seconds:7.3f}  {r.detail}")
+    passed = sum(r.passed for r in report.results)
+    rows.append(f"{passed}/{len(report.results)} passed")
+    rows.extend(f"PROBLEM: {p}" for p in report.problems)
+    return "\n".join(rows)
+
+
+def deb_dependencies(deb: Path) -> list[str]:
+    """arm64 package names the .deb depends on (first of each alternative, versions dropped): the
+    guest has no network, so they are installed into the image ahead of `dpkg -i`."""
+    depends = subprocess.run(["dpkg-deb", "-f", str(deb), "Depends"], check=True, capture_output=True,
+                             text=True).stdout
+    names = []
+    for clause in depends.split(","):
+        first = clause.split("|")[0].strip()
+        name = re.split(r"[\s(:]", first, maxsplit=1)[0]
+        if name:
+            names.append(name)
+    return sorted(set(names))
+
+
+def digest(*parts: bytes | str | Path) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, Path):
+            files = sorted(p for p in part.rglob("*") if p.is_file()) if part.is_dir() else [part]
+            for f in files:
+                h.update(str(f.relative_to(HERE) if f.is_relative_to(HERE) else f.name).encode())
+                h.update(f.read_bytes())
+        else:
+            h.update(part.encode() if isinstance(part, str) else part)
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def cached(cache: Path, name: str, key: str, build_command: list[str], timings: dict[str, str]) -> Path:
+    """Returns cache/name-key, building it with build_command OUT when absent. Built in a temporary
+    folder renamed into place, so an interrupted build is never mistaken for a finished one; older
+    keys of the same name are removed (a guest disk is 4 GB sparse)."""
+    final = cache / f"{name}-{key}"
+    if final.is_dir():
+        timings[name] = "cached"
+        return final
+    cache.mkdir(parents=True, exist_ok=True)
+    for stale in cache.glob(f"{name}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    work = Path(tempfile.mkdtemp(prefix=f"{name}-{key}.", suffix=".tmp", dir=cache))
+    print(f"e2e: building {name} ({' '.join(build_command)})", file=sys.stderr, flush=True)
+    started = time.monotonic()
+    try:
+        subprocess.run([*build_command, str(work)], check=True)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    work.rename(final)
+    timings[name] = f"built in {time.monotonic() - started:.0f} s"
+    return final
+
+
+def check_host() -> None:
+    missing = sorted({pkg for tool, pkg in HOST_TOOLS.items() if shutil.which(tool) is None})
+    if missing:
+        raise UsageError(f"missing host tools; run: apt-get install -y {' '.join(missing)}")
+    if os.geteuid() != 0:
+        raise UsageError("must run as root (mmdebstrap chroots, mke2fs of root-owned trees)")
+    # mmdebstrap runs the arm64 and armhf maintainer scripts under qemu-user through binfmt_misc.
+    if not (BINFMT / "status").exists():
+        subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT)], check=True)
+    if not ((BINFMT / "qemu-aarch64").exists() and (BINFMT / "qemu-arm").exists()):
+        subprocess.run(["update-binfmts", "--enable"], check=True)
+    for handler in ("qemu-aarch64", "qemu-arm"):
+        if not (BINFMT / handler).exists():
+            raise UsageError(f"{BINFMT / handler} is not registered (apt-get install qemu-user-static binfmt-support)")
+
+
+def build_images(cache: Path, deb: Path | None, timings: dict[str, str]) -> dict[str, Path]:
+    extra = deb_dependencies(deb) if deb else []
+    base_key = digest(HERE / "build-base.sh", HERE / "make-initrd.sh", HERE / "image", " ".join(extra))
+    return {
+        "base": cached(cache, "base", base_key, [str(HERE / "build-base.sh"), *extra], timings),
+        "payload": cached(cache, "payload", digest(HERE / "build-payload.sh"),
+                          [str(HERE / "build-payload.sh")], timings),
+        "armhf-rootfs": cached(cache, "armhf-rootfs", digest(HERE / "build-armhf-rootfs.sh"),
+                               [str(HERE / "build-armhf-rootfs.sh")], timings),
+    }
+
+
+def make_data_disk(run_dir: Path, built: dict[str, Path], mode: str, deb: Path | None) -> Path:
+    """The per-run disk the guest mounts read-only at /e2e: probe scripts, payload, armhf rootfs,
+    the .deb. Separate from the cached root disk so a probe edit costs seconds, not a rebuild."""
+    stage = run_dir / "data"
+    shutil.rmtree(stage, ignore_errors=True)
+    shutil.copytree(HERE / "guest", stage)
+    (stage / "mode").write_text(mode + "\n")
+    payload = next(built["payload"].glob("docker-*.tgz"))
+    for source in (payload, built["armhf-rootfs"] / "debian-armhf.tar", *([deb] if deb else [])):
+        target = stage / ("armhf-agent.deb" if source == deb else source.name)
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copy2(source, target)
+    size_mb = sum(f.stat().st_size for f in stage.rglob("*") if f.is_file()) * 5 // 4 // 2**20 + 64
+    image = run_dir / "data.img"
+    image.unlink(missing_ok=True)
+    subprocess.run(["mke2fs", "-q", "-t", "ext4", "-L", "e2e-data", "-d", str(stage), str(image), f"{size_mb}M"],
+                   check=True)
+    shutil.rmtree(stage)
+    return image
+
+
+def boot(base: Path, data: Path, run_dir: Path, cpu: str, timeout: float) -> tuple[Path, float, bool]:
+    """Boots the guest on a copy-on-write overlay of the cached disk; streams probe lines to stderr
+    as they arrive. Returns the console log, the seconds QEMU ran, and whether it was killed."""
+    overlay = run_dir / "root.qcow2"
+    overlay.unlink(missing_ok=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(base / "disk.img"),
+                    str(overlay)], check=True)
+    command = [
+        "qemu-system-aarch64", "-M", "virt", "-cpu", cpu, "-smp", "2", "-m", "2048", "-nographic",
+        "-kernel", str(base / "vmlinuz"), "-initrd", str(base / "initrd.gz"),
+        # apparmor=0: Debian's kernel enables AppArmor and dockerd then refuses containers without
+        # the profile tools (reference/test-environment.md).
+        "-append", "root=/dev/vda rw console=ttyAMA0 panic=-1 apparmor=0",
+        "-drive", f"file={overlay},format=qcow2,if=none,id=root,cache=unsafe",
+        "-device", "virtio-blk-pci,drive=root",
+        "-drive", f"file={data},format=raw,if=none,id=data,readonly=on",
+        "-device", "virtio-blk-pci,drive=data",
+        "-nic", "none", "-no-reboot",
+    ]
+    console = run_dir / "console.log"
+    started = time.monotonic()
+    with console.open("w") as log:
+        qemu = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, errors="replace")
+        killed = threading.Event()
+
+        def expire() -> None:
+            killed.set()
+            qemu.kill()
+
+        timer = threading.Timer(timeout, expire)
+        timer.start()
+        try:
+            for line in qemu.stdout:
+                log.write(line)
+                log.flush()
+                if LINE.search(line):
+                    print(f"  [{time.monotonic() - started:6.1f}s] {LINE.search(line).group(0)}",
+                          file=sys.stderr, flush=True)
+        finally:
+            timer.cancel()
+            qemu.wait()
+    overlay.unlink()
+    return console, time.monotonic() - started, killed.is_set()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--deb", type=Path, help="the arm64 armhf-agent .deb; without it the 'platform' "
+                        "probes run (no agent)")
+    parser.add_argument("--cpu", default=DEFAULT_CPU, help=f"QEMU CPU model (default {DEFAULT_CPU}; "
+                        f"{', '.join(sorted(NO_AARCH32_CPUS))} runs the no-AArch32 probes)")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"(default {DEFAULT_CACHE})")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS,
+                        help=f"seconds before QEMU is killed (default {DEFAULT_TIMEOUT_SECONDS})")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    try:
+        if args.deb is not None and not args.deb.is_file():
+            raise UsageError(f"--deb {args.deb}: no such file")
+        check_host()
+        mode = "no-aarch32" if args.cpu in NO_AARCH32_CPUS else ("agent" if args.deb else "platform")
+        timings: dict[str, str] = {}
+        built = build_images(args.cache, args.deb, timings)
+        run_dir = args.cache / f"run-{args.cpu}-{mode}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        data = make_data_disk(run_dir, built, mode, args.deb)
+        prepared = time.monotonic() - started
+        print(f"e2e: mode {mode}, cpu {args.cpu}, booting (console: {run_dir / 'console.log'})",
+              file=sys.stderr, flush=True)
+        console, qemu_seconds, killed = boot(built["base"], data, run_dir, args.cpu, args.timeout)
+    except UsageError as error:
+        print(f"e2e: {error}", file=sys.stderr)
+        return 2
+    with console.open(errors="replace") as lines:
+        report = parse_console(lines)
+    if killed:
+        report.problems.append(f"QEMU killed after the {args.timeout:.0f} s timeout")
+    print(format_table(report))
+    print("guest: " + ", ".join(f"{k}={v}" for k, v in report.info.items()))
+    print("images: " + ", ".join(f"{k} {v}" for k, v in timings.items()))
+    print(f"time: prepare {prepared:.0f} s, qemu {qemu_seconds:.0f} s, total {time.monotonic() - started:.0f} s")
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
