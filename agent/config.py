@@ -61,13 +61,23 @@ class DockerSection(Section):
     pidfile: str = "/var/run/docker.pid"
     personality: Literal["linux32", "none"] = "linux32"
     args: list[str] = []
+    log_file: str = ""
     health_interval_seconds: float = Field(5.0, gt=0, le=3600)
     health_timeout_seconds: float = Field(3.0, gt=0, le=600)
     health_failures: int = Field(2, ge=1, le=100)
     start_timeout_seconds: float = Field(60.0, gt=0, le=3600)
     stop_timeout_seconds: float = Field(30.0, gt=0, le=3600)
+    restart_backoff_initial_seconds: float = Field(1.0, gt=0, le=60)
+    restart_backoff_max_seconds: float = Field(60.0, gt=0, le=60)
+    restart_stable_seconds: float = Field(60.0, gt=0, le=86400)
+    update_settle_seconds: float = Field(2.0, ge=0, le=600)
 
     _abs = field_validator("root", "data_root", "exec_root", "pidfile")(_absolute)
+
+    @field_validator("log_file")
+    @classmethod
+    def _log_file(cls, value: str) -> str:
+        return value if value == "" else _absolute(value)
 
     @field_validator("host")
     @classmethod
@@ -108,13 +118,22 @@ class MetricsSection(Section):
     tls_cert: str = ""
     tls_key: str = ""
     docker_metrics: bool = True
+    docker_metrics_listen: str = "127.0.0.1:9743"
 
-    @field_validator("listen")
+    @field_validator("listen", "docker_metrics_listen")
     @classmethod
     def _listen(cls, value: str) -> str:
         host, sep, port = value.rpartition(":")
         if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
             raise ValueError(f"must be HOST:PORT with a port 1-65535, got {value!r}")
+        return value
+
+    @field_validator("docker_metrics_listen")
+    @classmethod
+    def _loopback(cls, value: str) -> str:
+        # dockerd's own metrics are served to the world only through the agent (/metrics/dockerd).
+        if value.rpartition(":")[0].strip("[]") not in ("127.0.0.1", "::1", "localhost"):
+            raise ValueError(f"must be on loopback (127.0.0.1:PORT or [::1]:PORT), got {value!r}")
         return value
 
     @model_validator(mode="after")

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,7 +171,8 @@ def wait_for(pred, timeout: float, interval: float = 0.05, what: str = "conditio
 
 
 class NotifySocket:
-    """A real NOTIFY_SOCKET: an AF_UNIX datagram socket that records every message."""
+    """A real NOTIFY_SOCKET: an AF_UNIX datagram socket that records every message, read by a
+    thread as systemd would (so the sender's queue never fills)."""
 
     def __init__(self, path: Path):
         self.path = str(path)
@@ -178,28 +180,36 @@ class NotifySocket:
         self.sock.bind(self.path)
         self.sock.settimeout(0.1)
         self.messages: list[tuple[float, str]] = []
+        self._closed = False
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
-    def drain(self) -> list[str]:
-        while True:
+    def _read(self) -> None:
+        while not self._closed:
             try:
                 data = self.sock.recv(4096)
-            except (socket.timeout, BlockingIOError):
-                break
+            except socket.timeout:
+                continue
+            except OSError:
+                return
             self.messages.append((time.monotonic(), data.decode()))
-        return [m for _, m in self.messages]
+
+    def drain(self) -> list[str]:
+        return [m for _, m in list(self.messages)]
 
     def wait_for(self, needle: str, timeout: float) -> float:
         """Returns the monotonic time the first message containing `needle` arrived."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            self.drain()
-            for t, m in self.messages:
+            for t, m in list(self.messages):
                 if needle in m.split("\n"):
                     return t
             time.sleep(0.05)
         raise TimeoutError(f"no {needle!r} on NOTIFY_SOCKET within {timeout}s; got {self.drain()}")
 
     def close(self) -> None:
+        self._closed = True
+        self._reader.join(1)
         self.sock.close()
 
 

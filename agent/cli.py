@@ -1,0 +1,229 @@
+"""`armhf-agent [--config PATH] COMMAND`: the daemon and the operator's commands."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from . import __version__
+from .config import EXIT_CONFIG, ConfigError, LoadedConfig, effective_toml, load_config, resolve_path
+
+log = logging.getLogger("armhf-agent")
+
+
+def setup_logging(debug: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("JOURNAL_STREAM"):
+        # journald adds the time; "<N>" sets the priority (sd-daemon(3)).
+        fmt = "%(priority)s%(name)s: %(message)s"
+
+        class _Priority(logging.Filter):
+            def filter(self, record):
+                record.priority = {logging.DEBUG: "<7>", logging.INFO: "<6>", logging.WARNING: "<4>",
+                                   logging.ERROR: "<3>", logging.CRITICAL: "<2>"}.get(record.levelno, "<6>")
+                return True
+
+        handler.addFilter(_Priority())
+    else:
+        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    handler.setFormatter(logging.Formatter(fmt))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+
+
+def _load(args) -> LoadedConfig:
+    path, explicit = resolve_path(args.config)
+    return load_config(path, explicit=explicit)
+
+
+def _config_error(exc: ConfigError) -> int:
+    print(f"armhf-agent: invalid configuration ({len(exc.problems)} problem{'s' if len(exc.problems) != 1 else ''}):",
+          file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  {problem}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def cmd_run(args) -> int:
+    loaded = _load(args)
+    setup_logging(args.debug)
+    from .loop import Agent
+    from .metrics_wiring import start_metrics
+
+    return Agent(loaded, metrics_factory=start_metrics if not args.no_metrics else None).run()
+
+
+def cmd_check_config(args) -> int:
+    loaded = _load(args)
+    if args.effective:
+        sys.stdout.write(effective_toml(loaded.config))
+    else:
+        print(f"{loaded.path or 'built-in defaults'}: OK")
+    return 0
+
+
+def cmd_render_cpuinfo(args) -> int:
+    from . import cpuinfo
+    from .hijack import CpuinfoSource
+
+    config = _load(args).config
+    if args.from_file:
+        try:
+            text = open(args.from_file, encoding="utf-8").read()
+        except OSError as exc:
+            print(f"armhf-agent: cannot read {args.from_file}: {exc.strerror}", file=sys.stderr)
+            return 1
+        sys.stdout.write(cpuinfo.hijack(text, config.cpuinfo.variant, cpuinfo.online_cpu_count()))
+        return 0
+    sys.stdout.write(CpuinfoSource(config.cpuinfo.variant).render().decode())
+    return 0
+
+
+def cmd_render_shim(args) -> int:
+    from . import payload
+    from .shimfile import records_path, shim_content
+
+    config = _load(args).config
+    client = config.shim.client or payload.inspect(config.docker.root).client
+    if not client:
+        print(f"armhf-agent: no docker client in {config.docker.root} and shim.client is unset", file=sys.stderr)
+        return 1
+    sys.stdout.write(shim_content(client, config.cpuinfo.path, records_path(config), __version__).decode())
+    return 0
+
+
+def cmd_install_docker(args) -> int:
+    from .install import InstallError, install_docker
+
+    config = _load(args).config
+    try:
+        print(install_docker(args.source, config.docker.root, allow_arch=args.allow_arch))
+    except InstallError as exc:
+        print(f"armhf-agent install-docker: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_uninstall_files(args) -> int:
+    from .fsops import DisplacedStore
+    from .managed import ManagedFile
+    from .hijack import cpuinfo_marker
+    from .shimfile import SHIM_MARKER
+    from .clock import SystemClock
+
+    config = _load(args).config
+    store = DisplacedStore(config.agent.state_dir)
+    for name, path, marker in (("shim", config.shim.path, SHIM_MARKER),
+                               ("cpuinfo", config.cpuinfo.path, cpuinfo_marker())):
+        print(ManagedFile(name, path, 0o644, marker, store, SystemClock()).remove())
+    return 0
+
+
+def cmd_status(args) -> int:
+    from .status import status_command
+
+    return status_command(_load(args).config, args.json, sys.stdout)
+
+
+def cmd_doctor(args) -> int:
+    from .doctor import doctor_command
+
+    try:
+        config, error = _load(args).config, None
+    except ConfigError as exc:
+        from .config import AgentConfig
+
+        config, error = AgentConfig(), str(exc)
+    return doctor_command(config, error, args.json, sys.stdout)
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    setup_logging(args.debug)
+    return run_demo(args.dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="armhf-agent",
+        description="Supervises a native armhf (linux/arm/v7) dockerd on 64-bit Arm hosts, keeps the "
+                    "hijacked /proc/cpuinfo and the docker shim in place, exports metrics.")
+    p.add_argument("--config", metavar="PATH",
+                   help="config file (default: $ARMHF_AGENT_CONFIG, else /etc/armhf-agent/agent.toml)")
+    p.add_argument("--version", action="version", version=f"armhf-agent {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    s = sub.add_parser("run", help="run the agent in the foreground (what systemd starts)",
+                       description="Run the agent in the foreground. Signals: TERM/INT stop (dockerd too), "
+                                   "HUP reloads the config, USR1 checks every managed file now, USR2 exits "
+                                   "leaving dockerd running for the next agent to adopt (package upgrades).")
+    s.add_argument("--debug", action="store_true", help="log debug messages")
+    s.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("check-config", help="validate the config file; exit 78 on any error",
+                       description="Validate the config (file and ARMHF_AGENT_* environment). Every problem "
+                                   "is listed with its file, line and key; exit 78 if there is any.")
+    s.add_argument("--effective", action="store_true", help="print the config in force, defaults included")
+    s.set_defaults(func=cmd_check_config)
+
+    s = sub.add_parser("install-docker", help="install an armhf Docker payload into docker.root",
+                       description="Install a Docker static tarball (docker/ inside) or a directory as the "
+                                   "payload: validated, staged next to docker.root, swapped in atomically; "
+                                   "the previous payload is kept as <root>.previous. A running agent "
+                                   "restarts dockerd onto it and rolls back if it cannot become healthy.")
+    s.add_argument("source", metavar="SOURCE", help="a .tgz/.tar.gz/.tar file or a directory")
+    s.add_argument("--allow-arch", action="store_true", help="accept binaries that are not ELF 32-bit ARM")
+    s.set_defaults(func=cmd_install_docker)
+
+    s = sub.add_parser("render-cpuinfo", help="print the hijacked cpuinfo the agent would write",
+                       description="Print the hijacked /proc/cpuinfo the agent would write for this host.")
+    s.add_argument("--from", dest="from_file", metavar="FILE", help="transform this cpuinfo dump instead of the live kernel's")
+    s.set_defaults(func=cmd_render_cpuinfo)
+
+    s = sub.add_parser("render-shim", help="print the docker shim the agent would install",
+                       description="Print the docker shim the agent would install for the current config.")
+    s.set_defaults(func=cmd_render_shim)
+
+    s = sub.add_parser("status", help="is the armhf dockerd healthy? (exit 0 healthy, 1 degraded, 3 not running)",
+                       description="Show the running agent's state. Exit codes follow LSB: 0 healthy, "
+                                   "1 degraded, 3 agent not running.")
+    s.add_argument("--json", action="store_true", help="machine-readable output (schema: agent/data/status.schema.json)")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("doctor", help="vet this host: can it build armhf natively? (exit 1 on any FAIL)",
+                       description="Host checks, one line each: PASS / WARN / FAIL, what was found, the fix.")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_doctor)
+
+    s = sub.add_parser("uninstall-files", help="remove the shim and cpuinfo file, restore a displaced docker client",
+                       description="Remove the shim and the hijacked cpuinfo file (only if they are the "
+                                   "agent's) and put back a docker client the shim displaced. Used by the "
+                                   "package's removal.")
+    s.set_defaults(func=cmd_uninstall_files)
+
+    s = sub.add_parser("demo", help="run the agent for real on a demo config (system Docker as the payload)",
+                       description="Lay out a demo under DIR (payload, config, sockets), print how to use it, "
+                                   "and run the agent in the foreground until Ctrl-C.")
+    s.add_argument("--dir", default="/var/lib/armhf-agent-demo", help="demo folder (default: %(default)s)")
+    s.add_argument("--debug", action="store_true", help="log debug messages")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        return _config_error(exc)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

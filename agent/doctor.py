@@ -1,0 +1,495 @@
+"""`armhf-agent doctor`: can this host run the armhf daemon, and what stands in the way.
+
+Every check reads the host through a `HostRoot` (where /proc, /sys, /etc and binfmt_misc are, the
+machine name, and facades for running probes and touching sockets), so tests can present a
+Graviton4 or a ThunderX from fixture folders as well as this machine itself.
+"""
+
+from __future__ import annotations
+
+import errno
+import glob
+import json
+import os
+import re
+import shlex
+import socket
+import stat
+import struct
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol, TextIO
+
+from agent.aarch32 import ARM_HOST_MACHINES, DEFAULT_BINFMT_ROOT, Aarch32Report, Runner, SubprocessRunner, detect
+from agent.config import AgentConfig
+from agent.elf import elf_info
+from agent.status import AgentLiveness, process_cmdline, read_agent
+
+PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
+
+REQUIRED_BINARIES = ("dockerd", "containerd", "containerd-shim-runc-v2", "runc", "docker-init",
+                     "docker-proxy", "docker")
+PAYLOAD_DIRS = ("", "bin", "usr/bin", "usr/local/bin")
+# What login shells, cron and systemd services get when nobody sets PATH (Debian's /etc/profile
+# for root, systemd's compiled-in default).
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# dockerd attaches to a containerd listening here instead of starting the payload's own unless
+# --containerd is given (moby cmd/dockerd/daemon.go, systemContainerdRunning: an Lstat of the path).
+SYSTEM_CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
+
+# MIDR implementer/part -> (name, AArch32 at EL0: "yes" | "no" | "unconfirmed").
+# ../shared/reference/platform.md, "Which hosts can run armhf natively".
+CPU_TABLE = {
+    (0x41, 0xD08): ("Cortex-A72 (Graviton1)", "yes"),
+    (0x41, 0xD0C): ("Neoverse N1 (Graviton2, Ampere Altra)", "yes"),
+    (0x41, 0xD40): ("Neoverse V1 (Graviton3)", "yes"),
+    (0x41, 0xD4F): ("Neoverse V2 (Graviton4)", "no"),
+    (0x41, 0xD84): ("Neoverse V3 (Graviton5)", "no"),
+    (0x43, 0x0A1): ("Cavium ThunderX", "no"),
+    (0x43, 0x0AF): ("Cavium ThunderX2", "no"),
+    (0x42, 0x516): ("Broadcom Vulcan (ThunderX2)", "no"),
+    (0xC0, 0xAC3): ("AmpereOne", "unconfirmed"),
+    (0xC0, 0xAC4): ("AmpereOne", "unconfirmed"),
+}
+_AARCH32_VERDICT = {"yes": PASS, "no": FAIL, "unconfirmed": WARN}
+_AARCH32_TEXT = {"yes": "AArch32 at EL0", "no": "no AArch32", "unconfirmed": "AArch32 at EL0 unconfirmed"}
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    verdict: str           # PASS | WARN | FAIL
+    found: str
+    fix: str = ""
+
+
+class Sockets(Protocol):
+    def unix_listener_pid(self, path: str) -> int | None:
+        """The pid that listens on the unix socket at path, None when nothing answers there."""
+
+    def bind_error(self, host: str, port: int) -> OSError | None:
+        """Why a TCP listener could not bind host:port, None when it could."""
+
+
+class RealSockets:
+    def unix_listener_pid(self, path: str) -> int | None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(2)
+            try:
+                s.connect(path)
+            except OSError:
+                return None
+            # SO_PEERCRED on a connected client socket names the process that called listen().
+            pid, _uid, _gid = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                                 struct.calcsize("3i")))
+            return pid
+
+    def bind_error(self, host: str, port: int) -> OSError | None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            # As an HTTP server binds: a port left in TIME_WAIT is not "taken".
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError as exc:
+                return exc
+        return None
+
+
+@dataclass(frozen=True)
+class HostRoot:
+    proc: str = "/proc"
+    sys: str = "/sys"
+    etc: str = "/etc"
+    binfmt: str = DEFAULT_BINFMT_ROOT
+    containerd_socket: str = SYSTEM_CONTAINERD_SOCKET
+    machine: str = field(default_factory=lambda: os.uname().machine)
+    shell_path: str = field(default_factory=lambda: os.environ.get("PATH", ""))
+    runner: Runner = field(default_factory=SubprocessRunner)
+    sockets: Sockets = field(default_factory=RealSockets)
+
+    @property
+    def arm(self) -> bool:
+        return self.machine in ARM_HOST_MACHINES
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def check_architecture(root: HostRoot) -> Check:
+    if root.machine in ("aarch64", "arm64"):
+        return Check("architecture", PASS, root.machine)
+    return Check("architecture", WARN, f"{root.machine}: development mode (the agent targets aarch64 hosts)",
+                 "run on an aarch64 host for production")
+
+
+def check_aarch32(report: Aarch32Report, root: HostRoot) -> Check:
+    found = f"{report.mode}: {report.detail}"
+    if report.mode == "native":
+        return Check("aarch32-el0", PASS, found)
+    if not root.arm:
+        return Check("aarch32-el0", WARN, f"{found} (development mode)", "run on an aarch64 host with AArch32 at EL0")
+    if report.mode == "emulated":
+        disable = "; ".join(f"echo 0 > {root.binfmt}/{name}" for name in report.handlers)
+        return Check("aarch32-el0", WARN, found,
+                     f"disable the emulator so armhf runs natively: {disable}" if disable else
+                     "find what emulates 32-bit ARM here")
+    if report.mode == "unsupported":
+        return Check("aarch32-el0", FAIL, found,
+                     "use a CPU with AArch32 at EL0 (Graviton2/3, Ampere Altra, Cortex-A72); see the cpu check")
+    return Check("aarch32-el0", WARN, found, "re-run as root on a filesystem that allows exec in the temp folder")
+
+
+def read_midrs(root: HostRoot) -> tuple[list[int], str]:
+    """MIDR values (implementer, part and friends packed as in MIDR_EL1) and where they came from."""
+    values = []
+    for path in sorted(glob.glob(f"{root.sys}/devices/system/cpu/cpu*/regs/identification/midr_el1")):
+        text = _read(path).strip()
+        if text:
+            values.append(int(text, 16))
+    if values:
+        return values, "midr_el1"
+    implementer = None
+    for line in _read(f"{root.proc}/cpuinfo").splitlines():
+        key, _, value = (part.strip() for part in line.partition(":"))
+        if key == "CPU implementer":
+            implementer = int(value, 16)
+        elif key == "CPU part" and implementer is not None:
+            values.append(implementer << 24 | int(value, 16) << 4)
+    return values, "cpuinfo"
+
+
+def check_cpu(root: HostRoot) -> Check:
+    midrs, source = read_midrs(root)
+    if not midrs:
+        if not root.arm:
+            return Check("cpu", WARN, f"no Arm MIDR on a {root.machine} host (development mode)",
+                         "run on an aarch64 host")
+        return Check("cpu", WARN, "MIDR unreadable (no regs/identification in sysfs, no CPU part in cpuinfo)",
+                     "rely on the aarch32-el0 check")
+    kinds = sorted({(m >> 24 & 0xFF, m >> 4 & 0xFFF) for m in midrs})
+    descriptions, verdicts = [], []
+    for implementer, part in kinds:
+        name, aarch32 = CPU_TABLE.get((implementer, part), ("unknown CPU", "unconfirmed"))
+        descriptions.append(f"{name} ({implementer:#04x}/{part:#05x}): {_AARCH32_TEXT[aarch32]}")
+        verdicts.append(_AARCH32_VERDICT[aarch32])
+    found = "; ".join(descriptions) + f" (from {source})"
+    if FAIL in verdicts:
+        return Check("cpu", FAIL, found, "this CPU cannot execute armhf natively: use Graviton2/3, Ampere Altra "
+                                          "or another AArch32-capable instance")
+    if WARN in verdicts:
+        return Check("cpu", WARN, found, "not in the table of known CPUs: trust the aarch32-el0 check")
+    return Check("cpu", PASS, found)
+
+
+def find_payload_binary(payload_root: str, name: str) -> str | None:
+    for folder in PAYLOAD_DIRS:
+        path = os.path.join(payload_root, folder, name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def _unsafe(path: str) -> str:
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return f"{path}: {exc.strerror}"
+    if st.st_uid != 0:
+        return f"{path} is owned by uid {st.st_uid}, not root"
+    if stat.S_IMODE(st.st_mode) & 0o022:
+        return f"{path} is group/world-writable (mode {stat.S_IMODE(st.st_mode):04o})"
+    return ""
+
+
+def _with_parents(path: str) -> list[str]:
+    chain = [path]
+    while chain[-1] != "/":
+        chain.append(os.path.dirname(chain[-1]))
+    return chain
+
+
+def _native_machines(root: HostRoot) -> set[str]:
+    return {"x86_64": {"x86_64"}, "aarch64": {"aarch64"}, "arm64": {"aarch64"}}.get(root.machine, set())
+
+
+def check_payload(config: AgentConfig, root: HostRoot, aarch32: Aarch32Report) -> Check:
+    payload = config.docker.root
+    found_paths = {name: find_payload_binary(payload, name) for name in REQUIRED_BINARIES}
+    missing = [name for name, path in found_paths.items() if path is None]
+    if missing:
+        return Check("payload", FAIL, f"{payload}: missing {', '.join(missing)} (looked in "
+                     f"{', '.join(os.path.join(payload, d) if d else payload for d in PAYLOAD_DIRS)})",
+                     "install an armhf payload: armhf-agent install-docker docker-VERSION.tgz")
+    # A binary anyone else can replace is a root shell for them: check files and every folder above,
+    # both where the payload names them and where symlinks lead.
+    to_check = []
+    for path in found_paths.values():
+        for chain_start in (os.path.abspath(path), os.path.realpath(path)):
+            to_check += [p for p in _with_parents(chain_start) if p not in to_check]
+    unsafe = [problem for problem in map(_unsafe, to_check) if problem]
+    if unsafe:
+        return Check("payload", FAIL, "; ".join(unsafe),
+                     f"chown root:root and chmod go-w the payload and its folders (under {payload})")
+    infos = {name: elf_info(path) for name, path in found_paths.items()}
+    foreign = {name: info.describe() if info else "not ELF" for name, info in infos.items()
+               if info is None or not info.is_armhf_capable}
+    dockerd = infos["dockerd"]
+    can_run = dockerd is not None and (dockerd.machine in _native_machines(root) or (
+        dockerd.is_armhf_capable and aarch32.mode in ("native", "emulated")))
+    version = _dockerd_version(root, found_paths["dockerd"]) if can_run else "version unknown (cannot run here)"
+    arch = dockerd.describe() if dockerd else "dockerd not ELF"
+    found = f"{payload}: {len(found_paths)} binaries, root-owned, not writable by others; dockerd {arch}; {version}"
+    if foreign:
+        what = ", ".join(f"{name} ({text})" for name, text in foreign.items())
+        if root.arm:
+            return Check("payload", FAIL, f"{found}; not 32-bit ARM: {what}",
+                         "install an armhf (linux/arm/v7) static Docker payload")
+        return Check("payload", WARN, f"{found}; not 32-bit ARM (development mode stand-in): {what}",
+                     "use an armhf payload on the aarch64 fleet host")
+    return Check("payload", PASS, found)
+
+
+def _dockerd_version(root: HostRoot, dockerd: str) -> str:
+    try:
+        result = root.runner.run([dockerd, "--version"], timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"`dockerd --version` failed: {exc}"
+    if result.returncode != 0:
+        return f"`dockerd --version` exited {result.returncode}: {result.stderr.strip()[:200]}"
+    return result.stdout.strip()
+
+
+def _same_path(a: str, b: str) -> bool:
+    # /var/run is a symlink to /run on every systemd distribution.
+    def norm(p: str) -> str:
+        p = os.path.normpath(p)
+        return "/run" + p[len("/var/run"):] if p == "/var/run" or p.startswith("/var/run/") else p
+    return norm(a) == norm(b)
+
+
+def check_docker_socket(config: AgentConfig, root: HostRoot, live: AgentLiveness) -> Check:
+    path = config.docker.socket_path
+    pid = root.sockets.unix_listener_pid(path)
+    if pid is None:
+        return Check("conflict-socket", PASS, f"nothing answers on {path}")
+    if live.running and live.snapshot.dockerd.pid == pid:
+        return Check("conflict-socket", PASS, f"the agent's dockerd (pid {pid}) answers on {path}")
+    dockerd = find_payload_binary(config.docker.root, "dockerd")
+    try:
+        exe = os.readlink(f"{root.proc}/{pid}/exe")
+    except OSError:
+        exe = ""
+    if dockerd and exe and os.path.realpath(dockerd) == exe:
+        return Check("conflict-socket", PASS, f"the payload's dockerd (pid {pid}) answers on {path}; "
+                     "the agent adopts it when it starts")
+    command = " ".join(process_cmdline(root.proc, pid) or ["?"])
+    return Check("conflict-socket", FAIL, f"pid {pid} ({command}) already answers on {path}",
+                 "stop it (systemctl disable --now docker.service docker.socket) or set docker.host to another socket")
+
+
+def _unit_active(root: HostRoot, unit: str) -> bool:
+    result = root.runner.run(["systemctl", "is-active", unit], timeout=10)
+    return result.stdout.strip() in ("active", "activating", "reloading")
+
+
+def _unit_property(root: HostRoot, unit: str, name: str) -> str:
+    return root.runner.run(["systemctl", "show", "-p", name, "--value", unit], timeout=10).stdout.strip()
+
+
+def _option_values(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    values = []
+    for i, arg in enumerate(argv):
+        for name in names:
+            if arg == name and i + 1 < len(argv):
+                values.append(argv[i + 1])
+            elif arg.startswith(name + "="):
+                values.append(arg[len(name) + 1:])
+    return values
+
+
+def docker_service_conflicts(config: AgentConfig, root: HostRoot) -> list[str]:
+    """Where an active docker.service keeps its data and socket, compared with the agent's."""
+    exec_start = _unit_property(root, "docker.service", "ExecStart")
+    m = re.search(r"argv\[\]=(.*?) ;", exec_start)
+    argv = shlex.split(m.group(1)) if m else []
+    daemon_json = (_option_values(argv, ("--config-file",)) or [f"{root.etc}/docker/daemon.json"])[0]
+    try:
+        settings = json.loads(_read(daemon_json) or "{}")
+    except ValueError:
+        settings = {}
+    data_roots = _option_values(argv, ("--data-root", "-g", "--graph")) or [settings.get("data-root", "/var/lib/docker")]
+    hosts = _option_values(argv, ("-H", "--host")) or settings.get("hosts") or ["unix:///var/run/docker.sock"]
+    sockets = [h[len("unix://"):] for h in hosts if h.startswith("unix://")]
+    problems = []
+    if any(_same_path(d, config.docker.data_root) for d in data_roots):
+        problems.append(f"docker.service is active with the same data-root {config.docker.data_root}")
+    if any(_same_path(s, config.docker.socket_path) for s in sockets):
+        problems.append(f"docker.service is active on the same socket {config.docker.socket_path}")
+    return problems
+
+
+def check_services(config: AgentConfig, root: HostRoot) -> Check:
+    problems, notes = [], []
+    try:
+        if _unit_active(root, "docker.service"):
+            problems += docker_service_conflicts(config, root)
+            notes.append("docker.service active")
+        if _unit_active(root, "docker.socket"):
+            listen = _unit_property(root, "docker.socket", "Listen").split(" ")[0]
+            if _same_path(listen, config.docker.socket_path):
+                problems.append(f"docker.socket is active on the same socket {listen}")
+            notes.append(f"docker.socket active on {listen}")
+        if _unit_active(root, "containerd.service"):
+            notes.append("containerd.service active")
+    except FileNotFoundError:
+        notes.append("no systemctl")
+    except subprocess.TimeoutExpired:
+        notes.append("systemctl did not answer in time")
+    explicit_containerd = _option_values(list(config.docker.args), ("--containerd",))
+    if not explicit_containerd and os.path.lexists(root.containerd_socket):
+        problems.append(f"a system containerd socket exists at {root.containerd_socket}: the payload's dockerd "
+                        "would use that containerd instead of its own (no linux32, no armhf runc)")
+    found = "; ".join(problems or notes or ["no docker.service, docker.socket or containerd.service active"])
+    if problems:
+        return Check("conflict-services", FAIL, found,
+                     "systemctl disable --now docker.service docker.socket containerd.service, "
+                     "or give the agent its own docker.host and docker.data_root")
+    return Check("conflict-services", PASS, found)
+
+
+def check_metrics_port(config: AgentConfig, root: HostRoot, live: AgentLiveness) -> Check:
+    listen = config.metrics.listen
+    error = root.sockets.bind_error(config.metrics.host, config.metrics.port)
+    if error is None:
+        return Check("metrics-port", PASS, f"{listen} is free")
+    if error.errno == errno.EADDRINUSE and live.running and live.snapshot.metrics_url and \
+            f":{config.metrics.port}/" in live.snapshot.metrics_url:
+        return Check("metrics-port", PASS, f"{listen} is held by the running agent (pid {live.snapshot.pid})")
+    return Check("metrics-port", FAIL, f"cannot bind {listen}: {error.strerror}",
+                 "stop whatever holds the port (ss -ltnp) or set metrics.listen")
+
+
+def _root_paths(root: HostRoot) -> list[tuple[str, str]]:
+    """The PATHs a root operator's `docker` is looked up in."""
+    paths = [("this shell's PATH", root.shell_path), ("default PATH", DEFAULT_PATH)]
+    m = re.search(r"^\s*ENV_SUPATH\s+PATH=(\S+)", _read(f"{root.etc}/login.defs"), re.M)
+    if m:
+        paths.append((f"su's ENV_SUPATH ({root.etc}/login.defs)", m.group(1)))
+    m = re.search(r"^\s*Defaults\s+secure_path\s*=\s*\"?([^\"\s]+)\"?", _read(f"{root.etc}/sudoers"), re.M)
+    if m:
+        paths.append((f"sudo's secure_path ({root.etc}/sudoers)", m.group(1)))
+    return paths
+
+
+def check_shim_precedence(config: AgentConfig, root: HostRoot) -> Check:
+    shim_dir, command = os.path.split(config.shim.path)
+    client = config.shim.client or find_payload_binary(config.docker.root, "docker") or ""
+    problems = []
+    for label, value in _root_paths(root):
+        folders = [f for f in value.split(":") if f]
+        if not any(os.path.realpath(f) == os.path.realpath(shim_dir) for f in folders):
+            problems.append(f"{shim_dir} is not in {label}")
+            continue
+        for folder in folders:
+            if os.path.realpath(folder) == os.path.realpath(shim_dir):
+                break
+            shadow = os.path.join(folder, command)
+            if os.path.lexists(shadow):
+                which = "the real client" if client and os.path.realpath(shadow) == os.path.realpath(client) else "another"
+                problems.append(f"{label}: {shadow} ({which} {command}) comes before the shim in {shim_dir}")
+                break
+    if problems:
+        return Check("shim-precedence", FAIL, "; ".join(problems),
+                     f"put {shim_dir} before every other folder with a `{command}` in PATH, or set shim.path")
+    return Check("shim-precedence", PASS, f"{config.shim.path} is the first `{command}` in "
+                 + ", ".join(label for label, _ in _root_paths(root)))
+
+
+def check_config(config_error: str | None) -> Check:
+    if config_error is None:
+        return Check("config", PASS, "valid")
+    return Check("config", FAIL, config_error.replace("\n", "; "), "armhf-agent check-config lists every problem")
+
+
+def check_managed_files(config: AgentConfig, live: AgentLiveness) -> Check:
+    if live.running:
+        bad = [f"{f.name} {f.path}: {f.problem or 'not ok'}" for f in live.snapshot.files if not f.ok]
+        if bad:
+            return Check("managed-files", FAIL, "; ".join(bad), "see `armhf-agent status` and the agent's log")
+        names = ", ".join(f"{f.name} ok" for f in live.snapshot.files) or "none reported"
+        return Check("managed-files", PASS, f"{names} (per the running agent)")
+    missing = [p for p in (config.cpuinfo.path, config.shim.path) if not os.path.lexists(p)]
+    if missing:
+        return Check("managed-files", WARN, f"agent not running; missing {', '.join(missing)}",
+                     "start the agent: it installs them")
+    return Check("managed-files", PASS, f"agent not running; {config.cpuinfo.path} and {config.shim.path} present")
+
+
+def check_cgroups(root: HostRoot) -> Check:
+    v1, v2 = [], []
+    for line in _read(f"{root.proc}/mounts").splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[2] == "cgroup2":
+            v2.append(fields[1])
+        elif len(fields) >= 3 and fields[2] == "cgroup":
+            v1.append(fields[1])
+    parts = []
+    if v1:
+        parts.append(f"cgroup v1 ({len(v1)} hierarchies)")
+    if v2:
+        parts.append(f"cgroup2 at {', '.join(v2)}")
+    if parts:
+        return Check("cgroups", PASS, " + ".join(parts))
+    known = re.findall(r"\bcgroup2?\b", _read(f"{root.proc}/filesystems"))
+    if known:
+        return Check("cgroups", FAIL, f"kernel knows {', '.join(sorted(set(known)))} but none is mounted",
+                     "mount -t cgroup2 none /sys/fs/cgroup (systemd does this at boot)")
+    return Check("cgroups", FAIL, "kernel without cgroup support", "use a kernel with CONFIG_CGROUPS")
+
+
+def check_overlay(root: HostRoot) -> Check:
+    if re.search(r"^nodev\s+overlay$", _read(f"{root.proc}/filesystems"), re.M):
+        return Check("overlayfs", PASS, f"overlay in {root.proc}/filesystems")
+    return Check("overlayfs", WARN, f"overlay not in {root.proc}/filesystems (the module may still autoload on first mount)",
+                 "modprobe overlay; without it dockerd falls back to the slow vfs driver")
+
+
+def run_checks(config: AgentConfig, root: HostRoot, config_error: str | None = None) -> list[Check]:
+    live = read_agent(config, root.proc)
+    aarch32 = detect(root.runner, root.binfmt, root.machine)
+    return [
+        check_architecture(root),
+        check_aarch32(aarch32, root),
+        check_cpu(root),
+        check_payload(config, root, aarch32),
+        check_docker_socket(config, root, live),
+        check_services(config, root),
+        check_metrics_port(config, root, live),
+        check_shim_precedence(config, root),
+        check_config(config_error),
+        check_managed_files(config, live),
+        check_cgroups(root),
+        check_overlay(root),
+    ]
+
+
+def format_checks(checks: list[Check]) -> str:
+    width = max(len(c.name) for c in checks)
+    return "".join(f"{c.verdict:<4}  {c.name:<{width}}  {c.found}" + (f"  (fix: {c.fix})" if c.fix else "") + "\n"
+                   for c in checks)
+
+
+def doctor_command(config: AgentConfig, config_error: str | None, as_json: bool, out: TextIO,
+                   root: HostRoot | None = None) -> int:
+    checks = run_checks(config, root or HostRoot(), config_error)
+    if as_json:
+        out.write(json.dumps([asdict(c) for c in checks], indent=1) + "\n")
+    else:
+        out.write(format_checks(checks))
+    return 1 if any(c.verdict == FAIL for c in checks) else 0

@@ -1,0 +1,123 @@
+"""The filesystem facade for files the agent manages: atomic writes that never follow a symlink,
+and a bounded store for whatever a repair displaces."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import time
+from pathlib import Path
+
+
+def atomic_write(path: str, data: bytes, mode: int, uid: int = 0, gid: int = 0, before_rename=None) -> None:
+    """Temp file in the same folder (O_EXCL|O_NOFOLLOW), owner and mode set on the descriptor, fsync,
+    rename over `path` (rename replaces a symlink itself, never its target), fsync the folder.
+    On any failure the old file is left as it was and the temp file is removed. `before_rename` runs
+    once the new content is safely on disk (a repair moves the old thing aside there, so a full disk
+    never costs the old file)."""
+    folder = os.path.dirname(path) or "."
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.armhf-agent-{os.getpid()}.tmp")
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fchown(fd, uid, gid)
+            os.fchmod(fd, mode)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if before_rename is not None:
+            before_rename()
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def read_nofollow(path: str, limit: int) -> bytes | None:
+    """The file's bytes (at most limit+1), or None if it is not a regular file we can read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        chunks, total = [], 0
+        while total <= limit:
+            chunk = os.read(fd, min(65536, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+class DisplacedStore:
+    """`<state_dir>/displaced/`: things a repair moved out of the way, newest kept, oldest dropped
+    beyond `keep` per name. The first foreign file ever displaced from a path is kept apart as
+    `<name>.original` (never rotated): it is what `uninstall-files` puts back (e.g. a docker client
+    that sat where the shim now is)."""
+
+    def __init__(self, state_dir: str, keep: int = 10, clock=time):
+        self.root = os.path.join(state_dir, "displaced")
+        self.keep = keep
+        self.clock = clock
+
+    def _ensure(self) -> None:
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+
+    def original(self, name: str) -> str:
+        return os.path.join(self.root, f"{name}.original")
+
+    def displace(self, name: str, path: str, reason: str, keep_as_original: bool) -> str:
+        """Moves `path` (file, symlink or folder) into the store; returns where it went."""
+        self._ensure()
+        if keep_as_original and not os.path.lexists(self.original(name)):
+            dest = self.original(name)
+        else:
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self.clock.time()))
+            dest = os.path.join(self.root, f"{name}.{stamp}.{reason}")
+            n = 1
+            while os.path.lexists(dest):
+                n += 1
+                dest = os.path.join(self.root, f"{name}.{stamp}.{reason}.{n}")
+        try:
+            os.rename(path, dest)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            shutil.move(path, dest)
+        self._prune(name)
+        return dest
+
+    def entries(self, name: str) -> list[str]:
+        try:
+            names = os.listdir(self.root)
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in names if n.startswith(name + ".") and n != f"{name}.original")
+
+    def _prune(self, name: str) -> None:
+        for old in self.entries(name)[:-self.keep]:
+            p = os.path.join(self.root, old)
+            if os.path.isdir(p) and not os.path.islink(p):
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                os.unlink(p)

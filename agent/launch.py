@@ -1,0 +1,112 @@
+"""The exec helper that becomes dockerd: set up its mount namespace and personality, then exec.
+
+Run as a script (`python -I launch.py ...`), self-contained, so it works the same from a checkout and
+from the packaged venv. It is a separate process rather than a preexec_fn because the agent has threads
+(HTTP server, event follower) and preexec_fn is not safe in a threaded parent. It execs, so dockerd keeps
+its pid and nothing of the launcher stays behind.
+
+  launch.py [--personality linux32] [--cpuinfo FILE] -- ARGV...   set up, then exec ARGV
+  launch.py --rebind PID --cpuinfo FILE                            swap the file dockerd's namespace shows
+  launch.py --personality linux32 --probe                          exit 0 iff the kernel accepts it
+
+Exit codes: 0 probe ok, 70 set-up failed (message on stderr), 71 personality refused (EINVAL:
+no AArch32 at EL0).
+"""
+
+import ctypes
+import ctypes.util
+import os
+import sys
+
+CLONE_NEWNS = 0x00020000
+MS_RDONLY = 0x1
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_SLAVE = 1 << 19
+MNT_DETACH = 0x2
+PER_LINUX32 = 0x0008
+
+libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
+libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+libc.personality.argtypes = [ctypes.c_ulong]
+
+
+def die(code, message):
+    sys.stderr.write(f"armhf-agent launch: {message}\n")
+    sys.exit(code)
+
+
+def check(result, what):
+    if result != 0:
+        err = ctypes.get_errno()
+        die(70, f"{what}: {os.strerror(err)}")
+
+
+def bind_cpuinfo(path):
+    # Read-only bind of the hijacked file over /proc/cpuinfo: runc allows /proc/cpuinfo as a mount
+    # target (../shared/reference/platform.md, runc checkProcMount), and containerd reads the first
+    # "CPU architecture" line of it to choose linux/arm/v7 vs v8.
+    check(libc.mount(path.encode(), b"/proc/cpuinfo", None, MS_BIND, None), f"bind {path} over /proc/cpuinfo")
+    check(libc.mount(None, b"/proc/cpuinfo", None, MS_REMOUNT | MS_BIND | MS_RDONLY, None),
+          "remount /proc/cpuinfo read-only")
+
+
+def private_namespace(path):
+    check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    # rslave: host mounts still propagate in (new volumes, USB disks), ours never propagate out, so
+    # the host's /proc/mounts stays clean of container mounts.
+    check(libc.mount(None, b"/", None, MS_REC | MS_SLAVE, None), "make / rslave")
+    bind_cpuinfo(path)
+
+
+def set_linux32():
+    current = libc.personality(0xFFFFFFFF)
+    if libc.personality((current & ~0xFF) | PER_LINUX32) == -1 or libc.personality(0xFFFFFFFF) & 0xFF != PER_LINUX32:
+        die(71, "personality(PER_LINUX32) refused: this CPU cannot execute AArch32 at EL0")
+
+
+def rebind(pid, path):
+    fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY)
+    check(libc.setns(fd, CLONE_NEWNS), f"setns into the mount namespace of pid {pid}")
+    check(libc.umount2(b"/proc/cpuinfo", MNT_DETACH), "unmount the old /proc/cpuinfo")
+    bind_cpuinfo(path)
+
+
+def main(argv):
+    personality = cpuinfo = rebind_pid = None
+    probe = False
+    args = list(argv)
+    while args and args[0] != "--":
+        opt = args.pop(0)
+        if opt == "--personality":
+            personality = args.pop(0)
+        elif opt == "--cpuinfo":
+            cpuinfo = args.pop(0)
+        elif opt == "--rebind":
+            rebind_pid = int(args.pop(0))
+        elif opt == "--probe":
+            probe = True
+        else:
+            die(70, f"unknown option {opt}")
+    command = args[1:]
+    if rebind_pid is not None:
+        rebind(rebind_pid, cpuinfo)
+        return 0
+    if cpuinfo:
+        private_namespace(cpuinfo)
+    if personality == "linux32":
+        set_linux32()
+    if probe:
+        return 0
+    if not command:
+        die(70, "no command to exec")
+    try:
+        os.execv(command[0], command)
+    except OSError as exc:
+        die(70, f"exec {command[0]}: {exc}")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

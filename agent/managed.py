@@ -1,0 +1,138 @@
+"""Managed files (the hijacked cpuinfo, the docker shim): each has check / repair / describe.
+
+`check` says what is wrong (one of state.REPAIR_REASONS) without changing anything, so `doctor`
+reuses it; `repair` puts the desired content in place atomically and moves whatever was there to the
+displaced store; `describe` gives the FileState the loop publishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from dataclasses import dataclass
+
+from .fsops import DisplacedStore, atomic_write, read_nofollow
+from .state import REPAIR_REASONS, FileState
+
+log = logging.getLogger("armhf-agent.files")
+
+
+@dataclass(frozen=True)
+class Problem:
+    reason: str     # one of REPAIR_REASONS
+    detail: str
+
+
+class ManagedFile:
+    def __init__(self, name: str, path: str, mode: int, marker: bytes, store: DisplacedStore, clock):
+        self.name = name
+        self.path = path
+        self.mode = mode
+        self.marker = marker           # present in every version we write: tells "ours, edited" from "foreign"
+        self.store = store
+        self.clock = clock
+        self.desired: bytes | None = None
+        self.unavailable = ""          # why there is no desired content (e.g. no docker client to exec)
+        self.repairs = {r: 0 for r in REPAIR_REASONS}
+        self.last_repair_reason = ""
+        self.last_repair_at: float | None = None
+        self.last_problem: Problem | None = None
+        self.write_error = ""
+        self.was_right = False         # repairs count only drift: putting a file in place the first time is installing
+
+    def set_desired(self, data: bytes | None, unavailable: str = "") -> None:
+        if data != self.desired:
+            # New desired content (config, CPU count or client changed): rewriting is an update, not drift.
+            self.was_right = False
+        self.desired = data
+        self.unavailable = "" if data is not None else unavailable
+
+    def check(self) -> Problem | None:
+        if self.desired is None:
+            return None
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return Problem("missing", f"{self.path} does not exist")
+        except OSError as exc:
+            return Problem("missing", f"{self.path}: {exc.strerror}")
+        if stat.S_ISLNK(st.st_mode):
+            return Problem("symlink", f"{self.path} is a symlink to {os.readlink(self.path)}")
+        if stat.S_ISDIR(st.st_mode):
+            return Problem("directory", f"{self.path} is a directory")
+        if not stat.S_ISREG(st.st_mode):
+            return Problem("replaced", f"{self.path} is not a regular file")
+        content = read_nofollow(self.path, len(self.desired))
+        if content != self.desired:
+            if content is not None and self.marker in content:
+                return Problem("content", f"{self.path} was edited")
+            size = st.st_size
+            kind = "an ELF binary" if content and content.startswith(b"\x7fELF") else "a foreign file"
+            return Problem("replaced", f"{self.path} was replaced by {kind} ({size} bytes)")
+        if st.st_uid != 0 or st.st_gid != 0:
+            return Problem("owner", f"{self.path} is owned by {st.st_uid}:{st.st_gid}, not root")
+        if stat.S_IMODE(st.st_mode) != self.mode:
+            return Problem("mode", f"{self.path} has mode {stat.S_IMODE(st.st_mode):04o}, not {self.mode:04o}")
+        return None
+
+    def repair(self, problem: Problem) -> bool:
+        """Returns True when the file is right afterwards."""
+        assert self.desired is not None
+        moved_to: list[str] = []
+
+        def move_aside() -> None:
+            if problem.reason in ("content", "replaced", "directory", "symlink") and os.path.lexists(self.path):
+                moved_to.append(self.store.displace(self.name, self.path, problem.reason,
+                                                    keep_as_original=problem.reason == "replaced"))
+
+        try:
+            atomic_write(self.path, self.desired, self.mode, before_rename=move_aside)
+        except OSError as exc:
+            self.write_error = f"cannot write {self.path}: {exc.strerror or exc}"
+            raise
+        self.write_error = ""
+        kept = f"; old kept at {moved_to[0]}" if moved_to else ""
+        if not self.was_right:
+            log.info("%s: installed %s (%s%s)", self.name, self.path, problem.detail, kept)
+            return True
+        self.repairs[problem.reason] += 1
+        self.last_repair_reason = problem.reason
+        self.last_repair_at = self.clock.time()
+        log.warning("%s: repaired %s (%s: %s%s)", self.name, self.path, problem.reason, problem.detail, kept)
+        return True
+
+    def ensure(self) -> Problem | None:
+        """check, then repair if needed. Returns the problem that remains (None = file is right)."""
+        problem = self.check()
+        if problem is not None:
+            try:
+                self.repair(problem)
+            except OSError:
+                self.last_problem = problem
+                return problem
+            problem = self.check()
+        self.last_problem = problem
+        if problem is None and self.desired is not None:
+            self.was_right = True
+        return problem
+
+    def remove(self) -> str:
+        """Uninstall: remove our file (only if it is ours) and put a displaced original back."""
+        done = []
+        content = read_nofollow(self.path, 1 << 20)
+        if content is not None and self.marker in content:
+            os.unlink(self.path)
+            done.append(f"removed {self.path}")
+        original = self.store.original(self.name)
+        if os.path.lexists(original) and not os.path.lexists(self.path):
+            os.rename(original, self.path)
+            done.append(f"restored {self.path} from {original}")
+        return "; ".join(done) or f"{self.path}: nothing to do"
+
+    def describe(self) -> FileState:
+        problem = self.last_problem
+        text = self.unavailable or self.write_error or (problem.detail if problem else "")
+        return FileState(name=self.name, path=self.path, ok=self.desired is not None and problem is None,
+                         problem=text, repairs=dict(self.repairs), last_repair_reason=self.last_repair_reason,
+                         last_repair_at=self.last_repair_at)

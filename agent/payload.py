@@ -1,0 +1,142 @@
+"""The armhf Docker payload in docker.root: where its binaries are, whether it is safe, what it is.
+
+A payload is laid out either like Docker's static release (all binaries at the top) or like a
+docker:dind image (usr/local/bin, usr/bin, bin): binaries are looked up in root, root/bin,
+root/usr/bin, root/usr/local/bin, first hit wins.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import stat
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from .elf import elf_info
+
+REQUIRED = ("dockerd", "containerd", "containerd-shim-runc-v2", "runc", "docker-init", "docker-proxy", "docker")
+SEARCH_DIRS = ("", "bin", "usr/bin", "usr/local/bin")
+
+
+@dataclass(frozen=True)
+class Payload:
+    root: str
+    binaries: dict[str, str]           # name -> path (only those found)
+    problems: tuple[str, ...]          # empty = complete and safe
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def dockerd(self) -> str | None:
+        return self.binaries.get("dockerd")
+
+    @property
+    def client(self) -> str | None:
+        return self.binaries.get("docker")
+
+    def path_dirs(self) -> list[str]:
+        """Folders to put first on dockerd's PATH (it finds containerd, runc, docker-init there)."""
+        dirs: list[str] = []
+        for d in SEARCH_DIRS:
+            p = os.path.join(self.root, d) if d else self.root
+            if os.path.isdir(p) and p not in dirs:
+                dirs.append(p)
+        return dirs
+
+
+def find(root: str) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for name in REQUIRED:
+        for d in SEARCH_DIRS:
+            p = os.path.join(root, d, name) if d else os.path.join(root, name)
+            if os.path.isfile(p):
+                found[name] = p
+                break
+    return found
+
+
+def host_is_arm64(machine: str | None = None) -> bool:
+    return (machine or platform.machine()) in ("aarch64", "arm64")
+
+
+def unsafe_reason(path: str, stop_at: str = "/") -> str | None:
+    """A payload binary that others can write is a root shell for them: the file (resolved) and every
+    folder up to / must be root-owned and not group/world-writable."""
+    real = os.path.realpath(path)
+    current = real
+    while True:
+        try:
+            st = os.stat(current)
+        except OSError as exc:
+            return f"{current}: {exc.strerror}"
+        if st.st_uid != 0:
+            return f"{current} is owned by uid {st.st_uid}, not root"
+        sticky_dir = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not sticky_dir:
+            return f"{current} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+        if sticky_dir and current != "/":
+            # A sticky world-writable folder (/tmp) still lets anyone create names in it.
+            return f"{current} is a world-writable folder (mode {stat.S_IMODE(st.st_mode):04o})"
+        if current in ("/", stop_at):
+            return None
+        current = os.path.dirname(current)
+
+
+def inspect(root: str, machine: str | None = None, allow_arch: bool = False) -> Payload:
+    problems: list[str] = []
+    if not os.path.isdir(root):
+        return Payload(root, {}, (f"{root} does not exist: add a payload with `armhf-agent install-docker SOURCE`",))
+    found = find(root)
+    missing = [n for n in REQUIRED if n not in found]
+    if missing:
+        problems.append(f"missing in {root}: {', '.join(missing)}")
+    arm64 = host_is_arm64(machine)
+    for name, p in found.items():
+        if not os.access(p, os.X_OK):
+            problems.append(f"{p} is not executable")
+            continue
+        reason = unsafe_reason(p)
+        if reason:
+            problems.append(f"unsafe {name}: {reason}")
+        info = elf_info(os.path.realpath(p))
+        # Only on arm64 hosts must the payload be 32-bit ARM; elsewhere (x86 development) the
+        # system's own binaries stand in for it.
+        if arm64 and not allow_arch and info is not None and not info.is_armhf_capable:
+            problems.append(f"{p} is {info.describe()}, not ELF 32-bit ARM (use --allow-arch to accept it)")
+    return Payload(root, found, tuple(problems))
+
+
+def fingerprint(payload: Payload) -> tuple:
+    """Changes whenever a binary is replaced, rewritten or touched."""
+    out = []
+    for name in sorted(payload.binaries):
+        try:
+            st = os.stat(payload.binaries[name])
+        except OSError:
+            out.append((name, None))
+            continue
+        out.append((name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(out)
+
+
+def describe_arch(path: str | None) -> str:
+    if not path:
+        return ""
+    info = elf_info(os.path.realpath(path))
+    return info.machine if info else "not ELF"
+
+
+def version(dockerd: str | None, timeout: float = 10.0) -> str:
+    """`dockerd --version` ("Docker version 20.10.24+dfsg1, build 5d6db84" -> "20.10.24+dfsg1")."""
+    if not dockerd:
+        return ""
+    try:
+        out = subprocess.run([dockerd, "--version"], capture_output=True, text=True, timeout=timeout).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    words = out.replace(",", " ").split()
+    return words[2] if len(words) > 2 and words[0] == "Docker" else out.strip()[:64]

@@ -1,0 +1,176 @@
+"""What the docker shim records, and an incremental reader for it.
+
+The shim appends one line per invocation (format version 1, space separated):
+
+    1 <epoch_seconds|-> <class> <injected 0|1> <exit_status|-> <duration_seconds|->
+
+class is one of SHIM_CLASSES; exit status and duration are only known for builds (the shim runs
+them as a child), every other command is exec'd after its line is written. The epoch is `-` when
+the shim could not read a clock without forking (see agent.shim); `ShimRecord.time` is then None.
+
+The reader tails the file: it keeps its offset, keeps a partial last line for the next read,
+counts and skips malformed lines, and rotates the file itself when it grows past `max_bytes`
+(rename to `<path>.1`, read the renamed file to its end, continue on a fresh file from 0). It
+never follows a symlink at the records path.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+
+RECORD_VERSION = "1"
+SHIM_CLASSES = ("run", "create", "build", "exec", "other")
+
+DEFAULT_MAX_BYTES = 1 << 20
+# A line longer than this is garbage (a real one is < 60 bytes); dropping it bounds memory.
+MAX_LINE_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class ShimRecord:
+    time: float | None             # epoch seconds, None when the shim recorded `-`
+    klass: str                     # one of SHIM_CLASSES
+    injected: bool                 # the cpuinfo mount was inserted
+    exit_code: int | None          # builds only
+    duration_seconds: float | None  # builds only
+
+
+def parse_record(line: bytes) -> ShimRecord | None:
+    """None when the line is not a well-formed version 1 record."""
+    fields = line.split(b" ")
+    if len(fields) != 6 or fields[0] != RECORD_VERSION.encode():
+        return None
+    try:
+        epoch, klass, injected, exit_code, duration = (f.decode("ascii") for f in fields[1:])
+        record = ShimRecord(
+            time=None if epoch == "-" else _non_negative(float(epoch)),
+            klass=klass,
+            injected={"0": False, "1": True}[injected],
+            exit_code=None if exit_code == "-" else int(exit_code),
+            duration_seconds=None if duration == "-" else _non_negative(float(duration)),
+        )
+    except (UnicodeDecodeError, ValueError, KeyError):
+        return None
+    if klass not in SHIM_CLASSES or (record.exit_code is not None and not 0 <= record.exit_code <= 255):
+        return None
+    return record
+
+
+def _non_negative(value: float) -> float:
+    if not value >= 0 or value == float("inf"):     # also rejects nan
+        raise ValueError(value)
+    return value
+
+
+@dataclass
+class _Tail:
+    fd: int
+    ino: tuple[int, int]
+    offset: int = 0
+    partial: bytes = b""
+
+
+class ShimRecordReader:
+    """Reads the records appended since the previous `read_new()`. Not thread-safe: one owner."""
+
+    def __init__(self, path: str, max_bytes: int = DEFAULT_MAX_BYTES):
+        self.path = path
+        self.max_bytes = max_bytes
+        self.malformed = 0          # lines counted and skipped since the reader was made
+        self._current: _Tail | None = None
+        # The file rotated (or replaced) away: a shim that opened it just before the rename may
+        # still append, so it is read once more on the next call before being let go.
+        self._retired: _Tail | None = None
+
+    def read_new(self) -> list[ShimRecord]:
+        records: list[ShimRecord] = []
+        if self._retired is not None:
+            self._drain(self._retired, records)
+            if self._retired.partial:
+                self.malformed += 1     # a finished file will never complete this line
+            os.close(self._retired.fd)
+            self._retired = None
+        if self._current is not None:
+            self._drain(self._current, records)     # before _follow may retire it
+        self._follow()
+        if self._current is not None:
+            self._drain(self._current, records)
+            if self._current.offset > self.max_bytes:
+                self._rotate(records)
+        return records
+
+    def close(self) -> None:
+        for tail in (self._current, self._retired):
+            if tail is not None:
+                os.close(tail.fd)
+        self._current = self._retired = None
+
+    def _follow(self) -> None:
+        """Opens the file at `path`; starts over when it was truncated or replaced."""
+        try:
+            st = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISREG(st.st_mode):
+            return
+        ino = (st.st_dev, st.st_ino)
+        current = self._current
+        if current is not None and current.ino == ino:
+            if st.st_size < current.offset:
+                current.offset, current.partial = 0, b""
+            return
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return
+        if current is not None:
+            self._retire()
+        self._current = _Tail(fd, ino)
+
+    def _retire(self) -> None:
+        if self._retired is not None:
+            os.close(self._retired.fd)
+        self._retired, self._current = self._current, None
+
+    def _drain(self, tail: _Tail, records: list[ShimRecord]) -> None:
+        while chunk := os.pread(tail.fd, 65536, tail.offset):
+            tail.offset += len(chunk)
+            *lines, tail.partial = (tail.partial + chunk).split(b"\n")
+            for line in lines:
+                if not line:
+                    continue
+                record = parse_record(line)
+                if record is None:
+                    self.malformed += 1
+                else:
+                    records.append(record)
+            if len(tail.partial) > MAX_LINE_BYTES:
+                self.malformed += 1
+                tail.partial = b""
+
+    def _rotate(self, records: list[ShimRecord]) -> None:
+        current = self._current
+        try:
+            st = os.fstat(current.fd)
+            os.rename(self.path, self.path + ".1")
+        except OSError:
+            return
+        self._recreate(st)
+        self._drain(current, records)   # appended between the last read and the rename
+        self._retire()
+        self._follow()
+
+    def _recreate(self, st: os.stat_result) -> None:
+        """The fresh file gets the owner and mode of the one rotated away, so every user the
+        agent let append still can (a shim would otherwise create it with its caller's umask)."""
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return      # a shim created it first; the agent's file check owns its mode
+        try:
+            os.fchown(fd, st.st_uid, st.st_gid)
+            os.fchmod(fd, stat.S_IMODE(st.st_mode))
+        finally:
+            os.close(fd)

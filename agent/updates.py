@@ -1,0 +1,180 @@
+"""Docker updates: notice a changed payload, wait for it to settle, validate, restart onto it, and roll
+back to the last known-good payload when the new one cannot become healthy.
+
+    running on A --(binaries change, stable for update_settle_seconds)--> validate
+        invalid -> "rejected" (dockerd keeps running on what it loaded; status shows why)
+        valid   -> graceful restart ("update") -> RUNNING on B: "applied", B becomes known-good
+                                               -> BACKOFF before RUNNING: restore A: "rolled_back"
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+
+from . import payload as payloads
+from .dockerd import BACKOFF, RUNNING
+from .state import UPDATE_RESULTS, PayloadState
+
+log = logging.getLogger("armhf-agent.payload")
+
+
+def _quick_fingerprint(root: str) -> tuple:
+    return payloads.fingerprint(payloads.Payload(root, payloads.find(root), ()))
+
+
+class PayloadTracker:
+    def __init__(self, config, clock, processes):
+        self.root = config.docker.root
+        self.settle = config.docker.update_settle_seconds
+        self.known_good_dir = os.path.join(config.agent.state_dir, "payload-known-good")
+        self.clock = clock
+        self.processes = processes
+        self.current = payloads.inspect(self.root)
+        self.seen_fp = _quick_fingerprint(self.root)
+        self.changed_at = clock.monotonic()
+        self.running_fp: tuple | None = None
+        self.pid_seen: int | None = None
+        self.pending: tuple | None = None
+        self.rejected_fp: tuple | None = None
+        self.known_good_fp: tuple | None = None
+        self.updates = {r: 0 for r in UPDATE_RESULTS}
+        self._version_cache: tuple[tuple, str] | None = None
+        self._personality: tuple[str, str | None, float] | None = None
+        self._last_problems: tuple[str, ...] = ()
+
+    # -- observation -------------------------------------------------------------------------------
+    def observe(self, supervisor) -> payloads.Payload:
+        now = self.clock.monotonic()
+        fp = _quick_fingerprint(self.root)
+        if fp != self.seen_fp:
+            self.seen_fp = fp
+            self.changed_at = now
+            self.current = payloads.inspect(self.root)
+        elif not self.current.ok and now - self.changed_at >= self.settle:
+            # Ownership or modes fixed by the operator do not change the fingerprint's stat times
+            # reliably everywhere: re-inspect while invalid.
+            self.current = payloads.inspect(self.root)
+        if self.current.problems != self._last_problems:
+            if self.current.problems:
+                log.error("payload %s not usable: %s", self.root, "; ".join(self.current.problems))
+            elif self._last_problems:
+                log.info("payload %s is complete and safe now", self.root)
+            self._last_problems = self.current.problems
+        settled = now - self.changed_at >= self.settle
+        if (supervisor.state == RUNNING and self.running_fp is not None and fp != self.running_fp
+                and settled and self.pending is None and fp != self.rejected_fp):
+            if not self.current.ok:
+                self.updates["rejected"] += 1
+                self.rejected_fp = fp
+                log.error("update rejected: %s; dockerd keeps running on the binaries it loaded",
+                          "; ".join(self.current.problems))
+            else:
+                self.pending = fp
+                log.info("update: payload in %s changed; restarting dockerd onto it", self.root)
+                supervisor.request_restart("update")
+        return self.current
+
+    def after_step(self, supervisor) -> None:
+        pid = supervisor.pid
+        if pid != self.pid_seen:
+            self.pid_seen = pid
+            if pid is not None:
+                self.running_fp = self.seen_fp
+        if self.pending is not None:
+            if supervisor.state == RUNNING and self.running_fp == self.pending:
+                self.updates["applied"] += 1
+                self.pending = None
+                log.info("update: applied; dockerd pid %s healthy on the new payload", pid)
+            elif supervisor.state == BACKOFF:
+                self._roll_back()
+        if supervisor.state == RUNNING and self.pending is None and self.current.ok \
+                and self.running_fp == self.seen_fp and self.known_good_fp != self.seen_fp:
+            self._save_known_good()
+
+    def adopted(self, payload: payloads.Payload) -> None:
+        self.current = payload
+
+    def update_pending(self) -> bool:
+        return self.pending is not None
+
+    # -- known-good and rollback -------------------------------------------------------------------
+    def _save_known_good(self) -> None:
+        tmp = self.known_good_dir + ".tmp"
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(os.path.dirname(tmp), mode=0o700, exist_ok=True)
+            shutil.copytree(self.root, tmp, symlinks=True)
+            if os.path.lexists(self.known_good_dir):
+                shutil.rmtree(self.known_good_dir)
+            os.rename(tmp, self.known_good_dir)
+        except OSError as exc:
+            log.error("cannot keep a known-good copy of %s in %s: %s", self.root, self.known_good_dir, exc)
+            self.known_good_fp = self.seen_fp   # do not retry every step; next update tries again
+            return
+        self.known_good_fp = self.seen_fp
+        log.info("payload: kept a known-good copy in %s", self.known_good_dir)
+
+    def _roll_back(self) -> None:
+        self.pending = None
+        if not os.path.isdir(self.known_good_dir):
+            log.error("update failed and no known-good payload is kept: nothing to roll back to")
+            return
+        staging = self.root.rstrip("/") + ".rollback"
+        failed = self.root.rstrip("/") + ".failed"
+        try:
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(self.known_good_dir, staging, symlinks=True)
+            shutil.rmtree(failed, ignore_errors=True)
+            os.rename(self.root, failed)
+            os.rename(staging, self.root)
+        except OSError as exc:
+            log.error("rollback of %s failed: %s", self.root, exc)
+            return
+        self.updates["rolled_back"] += 1
+        self.current = payloads.inspect(self.root)
+        self.seen_fp = _quick_fingerprint(self.root)
+        self.rejected_fp = None
+        self.known_good_fp = self.seen_fp
+        self.changed_at = self.clock.monotonic() - self.settle
+        log.error("update: new payload could not become healthy; rolled back to the known-good copy "
+                  "(failed payload kept in %s)", failed)
+
+    # -- helpers for the loop ----------------------------------------------------------------------
+    def personality_refused(self, personality: str) -> str | None:
+        now = self.clock.monotonic()
+        cached = self._personality
+        if cached and cached[0] == personality and (cached[1] is None or now - cached[2] < 60):
+            return cached[1]
+        refused = self.processes.probe_personality(personality)
+        if refused:
+            refused = (f"{refused}. This host cannot run armhf natively (see `armhf-agent doctor`); "
+                       "set docker.personality = \"none\" only for testing")
+            if not cached or cached[1] != refused:
+                log.error("dockerd not started: %s", refused)
+        self._personality = (personality, refused, now)
+        return refused
+
+    def folders(self) -> set[str]:
+        root = self.root.rstrip("/")
+        return {os.path.dirname(root), root} | {os.path.join(root, d) for d in payloads.SEARCH_DIRS if d}
+
+    def wake_in(self) -> float:
+        if self.running_fp is not None and self.seen_fp != self.running_fp and self.pending is None:
+            return max(0.05, self.settle - (self.clock.monotonic() - self.changed_at))
+        return 3600.0
+
+    def describe(self) -> PayloadState:
+        p = self.current
+        if not os.path.isdir(self.root):
+            state = "missing"
+        else:
+            state = "ok" if p.ok else "invalid"
+        version = ""
+        if p.dockerd:
+            if self._version_cache is None or self._version_cache[0] != self.seen_fp:
+                self._version_cache = (self.seen_fp, payloads.version(p.dockerd))
+            version = self._version_cache[1]
+        return PayloadState(root=self.root, state=state, problem="; ".join(p.problems), version=version,
+                            arch=payloads.describe_arch(p.dockerd), updates=dict(self.updates))

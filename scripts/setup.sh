@@ -1,0 +1,48 @@
+#!/bin/bash
+# Prepares a fresh Debian/Ubuntu machine (root) for the demo or the tests: system packages and a
+# project venv in .venv. Idempotent and quiet when everything is already there.
+#   scripts/setup.sh          what the demo needs
+#   scripts/setup.sh --test   plus what the test suite needs
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_tests=0
+[ "${1:-}" = "--test" ] && want_tests=1
+
+packages=(docker.io busybox-static python3 python3-venv util-linux ca-certificates)
+if [ "$want_tests" = 1 ]; then
+    # qemu-user-static: doctor's binfmt test; shellcheck: the shim's lint test;
+    # curl: the TLS scrape; openssl: test certificates.
+    packages+=(qemu-user-static shellcheck openssl curl iproute2 procps)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ "$want_tests" = 1 ]; then
+    # promtool, without installing (and starting) a Prometheus server.
+    if [ ! -x .cache/promtool/usr/bin/promtool ]; then
+        mkdir -p .cache/promtool
+        (cd .cache/promtool && apt-get download prometheus >/dev/null 2>&1 && dpkg -x prometheus_*.deb . && rm -f prometheus_*.deb) \
+            || echo "setup: could not fetch promtool (apt-get download prometheus); its tests will say so"
+    fi
+fi
+
+python=python3
+if [ ! -x .venv/bin/python ]; then
+    "$python" -m venv .venv
+fi
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -e "$stamp" ]; then
+    .venv/bin/pip install -q --upgrade pip >/dev/null
+    .venv/bin/pip install -q -e ".[test]"
+    touch "$stamp"
+fi

@@ -1,0 +1,184 @@
+"""The agent supervising a real dockerd: readiness, crashes, hangs, adoption, stop, reload, personality.
+
+Every test runs the real agent process (`python -m agent run`) with a real NOTIFY_SOCKET, real
+signals and a real dockerd from the stand-in payload (the system's docker.io binaries).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from agentproc import AgentProcess, pid_alive, agent_config, wait_gone, write_config
+from conftest import requires_docker
+from harness import docker_cli, ping, wait_for
+
+pytestmark = [requires_docker]
+
+
+@pytest.fixture
+def agent(base):
+    procs = []
+
+    def make(**kw) -> AgentProcess:
+        a = AgentProcess(base, **kw)
+        procs.append(a)
+        return a
+
+    yield make
+    for a in procs:
+        a.stop()
+
+
+def test_ready_only_after_ping_then_stop_cleanly(agent, busybox_tar):
+    a = agent().start()
+    t_ready = a.notify.wait_for("READY=1", 60)
+    # The first STATUS after READY names the running dockerd; dockerd answered before READY.
+    pid = a.wait_running()
+    assert ping(a.sock)
+    started = a.wait_log(r"STARTING -> RUNNING")[0]
+    assert "answers /_ping" in started
+    messages = a.notify.drain()
+    assert messages.index("READY=1") > 0, "a STATUS line precedes READY"
+    assert any(m.startswith("STATUS=dockerd running (pid %d" % pid) for m in messages)
+    # dockerd must not inherit our notify socket (it would send its own READY=1).
+    env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+    assert not any(e.startswith(b"NOTIFY_SOCKET=") for e in env)
+    assert t_ready > 0
+
+    a.signal(signal.SIGTERM)
+    assert a.wait_exit(60) == 0
+    assert not pid_alive(pid)
+    assert "STOPPING=1" in a.notify.drain()
+
+
+def test_dockerd_sigkill_is_replaced(agent):
+    a = agent().start()
+    pid = a.wait_running()
+    os.kill(pid, signal.SIGKILL)
+    new = a.wait_running(other_than=pid, timeout=60)
+    assert new != pid and ping(a.sock)
+    assert a.state()["dockerd"]["restarts"]["exited"] == 1
+    a.wait_log(r"RUNNING -> BACKOFF: pid %d killed by SIGKILL; next start in 0s" % pid)
+
+
+def test_dockerd_sigstop_is_detected_and_replaced(agent, base):
+    cfg = agent_config(base)
+    d = cfg["docker"]
+    a = agent(config=cfg).start()
+    pid = a.wait_running()
+    bound = d["health_failures"] * d["health_interval_seconds"] + d["health_timeout_seconds"] + d["stop_timeout_seconds"]
+    t0 = time.monotonic()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        a.wait_log(r"RUNNING -> STOPPING: SIGTERM to pid %d \(hung" % pid, timeout=bound + 5)
+        detected = time.monotonic() - t0
+        new = a.wait_running(other_than=pid, timeout=60)
+    finally:
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGCONT)
+    assert detected <= bound + 1.0, f"hang detected after {detected:.2f}s, bound {bound}s"
+    assert new != pid
+    assert a.state()["dockerd"]["restarts"]["hung"] == 1
+
+
+def test_agent_sigkill_then_restart_adopts_dockerd_and_container_survives(agent, busybox_tar):
+    a = agent().start()
+    pid = a.wait_running()
+    docker_cli(a.sock, "import", str(busybox_tar), "bb:local")
+    cid = docker_cli(a.sock, "run", "-d", "--network", "none", "bb:local", "sleep", "300").stdout.strip()
+    a.proc.kill()
+    a.proc.wait()
+    assert pid_alive(pid), "dockerd outlives a killed agent"
+    b = agent().start()
+    b.wait_log(r"STOPPED -> RUNNING: adopted running dockerd pid %d" % pid)
+    b.notify.wait_for("READY=1", 30)
+    assert b.wait_running() == pid
+    running = docker_cli(b.sock, "inspect", "-f", "{{.State.Running}}", cid).stdout.strip()
+    assert running == "true"
+    assert "STOPPED -> STARTING" not in b.log(), "no second dockerd was started"
+
+
+def test_sighup_with_broken_file_keeps_old_config_then_valid_one_applies(agent, base):
+    a = agent().start()
+    pid = a.wait_running()
+    good = a.config_path.read_text()
+    broken = good.replace("health_failures = 2", "health_failures = 0").replace("[docker]\n", "[docker]\nbogus = 1\n")
+    a.config_path.write_text(broken)
+    a.signal(signal.SIGHUP)
+    a.wait_log(r"reload: .* is invalid, keeping the running config")
+    # Every problem is listed, each with file:line and key.
+    a.wait_log(r"reload:   .*agent.toml:\d+: docker.health_failures: Input should be greater than or equal to 1")
+    a.wait_log(r"reload:   .*agent.toml:\d+: docker.bogus: unknown key")
+    assert a.state()["reloads"]["rejected"] == 1
+    msgs = a.notify.drain()
+    assert "RELOADING=1" in msgs[-2].split("\n") and msgs[-1] == "READY=1" or "READY=1" in msgs
+    assert a.dockerd_pid() == pid
+
+    # A valid change to dockerd's arguments is applied with a graceful restart.
+    a.config_path.write_text(good.replace('"--iptables=false"]', '"--iptables=false", "--debug"]'))
+    a.signal(signal.SIGHUP)
+    a.wait_log(r"reload: applied")
+    new = a.wait_running(other_than=pid, timeout=60)
+    assert "--debug" in open(f"/proc/{new}/cmdline", "rb").read().decode().split("\0")
+    st = a.state()
+    assert st["reloads"]["applied"] == 1 and st["dockerd"]["restarts"]["reload"] == 1
+
+
+def test_container_uname_matches_linux32(agent, busybox_tar):
+    a = agent().start()
+    a.wait_running()
+    docker_cli(a.sock, "import", str(busybox_tar), "bb:local")
+    inside = docker_cli(a.sock, "run", "--rm", "--network", "none", "bb:local", "uname", "-m").stdout.strip()
+    host32 = subprocess.run(["setarch", "linux32", "uname", "-m"], capture_output=True, text=True).stdout.strip()
+    assert inside == host32  # i686 here, armv8l on arm64
+    pers = docker_cli(a.sock, "run", "--rm", "--network", "none", "bb:local", "cat", "/proc/self/personality").stdout
+    assert int(pers, 16) & 0xFF == 0x0008
+
+
+def test_crash_loop_backoff_grows_and_is_capped(agent, base):
+    cfg = agent_config(base)
+    cfg["docker"].update(restart_backoff_initial_seconds=0.2, restart_backoff_max_seconds=0.8)
+    a = agent(config=cfg)
+    # A payload whose dockerd exits at once.
+    dockerd = base / "payload" / "bin" / "dockerd"
+    dockerd.unlink()
+    dockerd.write_text("#!/bin/sh\nexit 3\n")
+    dockerd.chmod(0o755)
+    a.start()
+    lines = a.wait_log(r"-> BACKOFF: .*exited with status 3; next start in", timeout=60, count=7)
+    delays = [float(re.search(r"next start in ([0-9.]+)s", l).group(1)) for l in lines[:7]]
+    assert delays == [0.0, 0.2, 0.4, 0.8, 0.8, 0.8, 0.8]
+    # The agent keeps running and says so; it never gives up.
+    assert a.proc.poll() is None
+    assert a.state()["dockerd"]["state"] in ("backoff", "starting")
+
+
+def test_missing_payload_is_reported_ready_and_picked_up_later(agent, base):
+    a = agent(payload=False).start()
+    a.notify.wait_for("READY=1", 30)
+    st = a.state()
+    assert st["dockerd"]["state"] == "blocked"
+    assert "install-docker" in st["dockerd"]["reason"]
+    assert any("STATUS=dockerd blocked: payload" in m for m in a.notify.drain())
+    from harness import make_payload
+
+    make_payload(base / "payload")
+    pid = a.wait_running(timeout=60)
+    assert pid and ping(a.sock)
+
+
+def test_sigusr2_detaches_leaving_dockerd_running(agent):
+    a = agent().start()
+    pid = a.wait_running()
+    a.signal(signal.SIGUSR2)
+    assert a.wait_exit(30) == 0
+    assert pid_alive(pid) and ping(a.sock)
+    b = agent().start()
+    assert b.wait_running() == pid
+    b.wait_log(r"adopted running dockerd pid %d" % pid)

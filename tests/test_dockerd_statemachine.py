@@ -1,0 +1,198 @@
+"""Unit tests of the dockerd state machine and the backoff, on an injected clock and fake facades
+(pure logic: the real-process behaviour is in test_agent_dockerd.py)."""
+
+from __future__ import annotations
+
+import signal
+
+from agent.backoff import Backoff
+from agent.clock import FakeClock
+from agent.dockerd import (BACKOFF, BLOCKED, RUNNING, STARTING, STOPPED, STOPPING, DockerdSpec,
+                           DockerdSupervisor, Timings)
+from agent.processes import ProcessHandle
+
+SPEC = DockerdSpec(dockerd="/opt/docker/dockerd", argv=("/opt/docker/dockerd",), env=(), personality="linux32",
+                   cpuinfo=None, socket_path="/run/d.sock", pidfile="/run/d.pid",
+                   containerd_pidfile="/run/docker/containerd/containerd.pid")
+
+
+class FakeProcesses:
+    def __init__(self):
+        self.next_pid = 100
+        self.status: dict[int, int | None] = {}
+        self.signals: list[tuple[int, int]] = []
+        self.launches = 0
+
+    def launch(self, argv, env, personality, cpuinfo, log_path):
+        self.next_pid += 1
+        self.launches += 1
+        self.status[self.next_pid] = None
+        return ProcessHandle(pid=self.next_pid, start_ticks=1, popen=object())
+
+    def poll(self, handle):
+        return self.status[handle.pid]
+
+    def signal(self, handle, sig):
+        self.signals.append((handle.pid, sig))
+
+    def exit(self, pid, status):
+        self.status[pid] = status
+
+    def start_time(self, handle):
+        return 1_700_000_000.0
+
+    def read_pidfile(self, path):
+        return None
+
+    def state(self, pid):
+        return None
+
+
+class FakeApi:
+    def __init__(self):
+        self.up = False
+
+    def ping(self, timeout):
+        if not self.up:
+            raise OSError("connection refused")
+        return 0.001
+
+
+def make(**kw):
+    t = dict(health_interval=5.0, health_timeout=3.0, health_failures=2, start_timeout=60.0, stop_timeout=30.0,
+             backoff_initial=1.0, backoff_max=60.0, stable_seconds=60.0)
+    t.update(kw)
+    clock, procs, api = FakeClock(), FakeProcesses(), FakeApi()
+    sup = DockerdSupervisor(Timings(**t), procs, api, clock)
+    sup.configure(SPEC, None)
+    return sup, clock, procs, api
+
+
+def test_running_only_after_ping_answers():
+    sup, clock, procs, api = make()
+    sup.step()
+    assert sup.state == STARTING and procs.launches == 1
+    clock.advance(1)
+    sup.step()
+    assert sup.state == STARTING
+    api.up = True
+    sup.step()
+    assert sup.state == RUNNING
+
+
+def test_start_timeout_stops_and_counts():
+    sup, clock, procs, api = make(start_timeout=10.0)
+    sup.step()
+    clock.advance(11)
+    sup.step()
+    assert sup.state == STOPPING and sup.restarts["start_timeout"] == 1
+    assert (101, signal.SIGTERM) in procs.signals
+
+
+def test_crash_backoff_grows_caps_and_resets_after_stable_period():
+    sup, clock, procs, api = make(backoff_initial=1.0, backoff_max=8.0, stable_seconds=60.0)
+    api.up = True
+    delays = []
+    for _ in range(7):
+        sup.step()                       # start (or still waiting)
+        while sup.state != RUNNING:
+            clock.advance(0.01)
+            sup.step()
+        procs.exit(sup.pid, 1)
+        sup.step()                       # exit seen -> BACKOFF (a zero delay starts again in the same step)
+        delays.append(sup.retry_at - clock.monotonic())
+        assert sup.state == (STARTING if delays[-1] == 0 else BACKOFF)
+        clock.advance(delays[-1])
+    assert delays == [0.0, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    assert sup.restarts["exited"] == 7
+    # A run that stays up for the stable period forgets the history: the next crash restarts at once.
+    sup.step()
+    while sup.state != RUNNING:
+        clock.advance(0.01)
+        sup.step()
+    for _ in range(13):
+        clock.advance(5)
+        sup.step()
+    procs.exit(sup.pid, 1)
+    sup.step()
+    assert sup.retry_at - clock.monotonic() == 0.0
+
+
+def test_hang_detected_after_consecutive_failures_then_sigkill_after_stop_timeout():
+    sup, clock, procs, api = make(health_interval=5.0, health_failures=2, stop_timeout=30.0)
+    api.up = True
+    sup.step()
+    sup.step()
+    assert sup.state == RUNNING
+    pid = sup.pid
+    api.up = False                        # SIGSTOPped: pings time out
+    clock.advance(5)
+    sup.step()
+    assert sup.state == RUNNING           # one failure is not a hang
+    api.up = True
+    clock.advance(5)
+    sup.step()
+    api.up = False
+    clock.advance(5)
+    sup.step()
+    assert sup.state == RUNNING           # failures must be consecutive
+    clock.advance(5)
+    sup.step()
+    assert sup.state == STOPPING and sup.restarts["hung"] == 1
+    assert procs.signals[-2:] == [(pid, signal.SIGTERM), (pid, signal.SIGCONT)]
+    clock.advance(29)
+    sup.step()
+    assert (pid, signal.SIGKILL) not in procs.signals
+    clock.advance(1)
+    sup.step()
+    assert (pid, signal.SIGKILL) in procs.signals
+    procs.exit(pid, -9)
+    api.up = True
+    sup.step()                            # the first hang restart is immediate (backoff 0)
+    assert sup.state == STARTING and sup.pid != pid
+
+
+def test_blocked_until_cause_is_gone():
+    sup, clock, procs, api = make()
+    sup.configure(None, "payload /opt/docker does not exist")
+    sup.step()
+    assert sup.state == BLOCKED and "does not exist" in sup.reason and procs.launches == 0
+    sup.configure(SPEC, None)
+    sup.step()
+    assert sup.state == STARTING
+
+
+def test_reload_restart_is_immediate_and_not_a_crash():
+    sup, clock, procs, api = make()
+    api.up = True
+    sup.step()
+    sup.step()
+    pid = sup.pid
+    sup.request_restart("reload")
+    assert sup.state == STOPPING and sup.restarts["reload"] == 1
+    procs.exit(pid, 0)
+    sup.step()
+    assert sup.state == STARTING and sup.pid != pid
+    assert sup.backoff.failures == 0
+
+
+def test_shutdown_stops_without_restart():
+    sup, clock, procs, api = make()
+    api.up = True
+    sup.step()
+    sup.step()
+    pid = sup.pid
+    sup.shutdown()
+    procs.exit(pid, 0)
+    sup.step()
+    sup.step()
+    assert sup.state == STOPPED and procs.launches == 1
+
+
+def test_backoff_sequence_and_cap():
+    b = Backoff(initial=0.5, cap=3.0, stable_seconds=10)
+    assert [b.next_delay() for _ in range(6)] == [0.0, 0.5, 1.0, 2.0, 3.0, 3.0]
+    b.note_uptime(9.9)
+    assert b.next_delay() == 3.0
+    b.note_uptime(10)
+    assert b.next_delay() == 0.0
