@@ -3,7 +3,8 @@
 # (reference/platform.md), with no qemu-arm binfmt handler around to hide the first.
 
 unpack_init() {
-    tar -C "$WORK" -xzf "$E2E"/docker-*.tgz docker/docker-init
+    tar -C "$WORK" -xzf "$E2E"/docker-*.tgz docker/docker-init || return 1
+    detail=docker/docker-init
 }
 
 check_no_aarch32() {
@@ -13,3 +14,12 @@ check_no_aarch32() {
 
 probe payload-unpack unpack_init
 probe aarch32-absent check_no_aarch32
+
+if [ -f "$E2E/armhf-agent.deb" ]; then
+    . "$E2E/lib/agent-lib.sh"
+    probe agent.deb-install install_deb
+    probe agent.config configure_agent
+    probe agent.install-docker install_docker
+    probe agent.doctor-unsupported check_doctor_unsupported
+    probe agent.unsupported-reported check_unsupported_reported
+fi

@@ -107,7 +107,7 @@ probe v7.cpuinfo-mounted check_container_cpuinfo "arch=7 processors=$cpu_count" 
 probe v7.cpuinfo-unmounted check_container_cpuinfo "arch=8 processors=$cpu_count"
 probe v7.scratch-classic check_built_variant 0 e2e-scratch-classic scratch v7
 # The classic builder copies the base image's platform: FROM an imported (variant-less) image the
-# result has no variant either, whatever the daemon reads. BuildKit's result (below) gets v7.
+# result has no variant either, whatever the daemon reads (BuildKit too, see check_buildkit_target).
 probe v7.debian-classic check_built_variant 0 e2e-debian-classic "$IMAGE" ""
 probe v7.scratch-buildkit check_built_variant 1 e2e-scratch-buildkit scratch v7
 probe v7.buildkit-target check_buildkit_target e2e-debian-buildkit v7
