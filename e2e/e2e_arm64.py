@@ -204,7 +204,8 @@ def build_deb(cache: Path, timings: dict[str, str]) -> Path:
     chroot = cached(cache, "deb-chroot", digest(HERE / "build-deb-chroot.sh", control),
                     [str(HERE / "build-deb-chroot.sh"), str(control)], timings)
     built = cached(cache, "deb-arm64", digest(HERE / "build-deb-arm64.sh", *source_files()),
-                   [str(HERE / "build-deb-arm64.sh"), str(chroot / "chroot.tar"), str(REPO)], timings)
+                   [str(HERE / "build-deb-arm64.sh"), str(chroot / "chroot.tar"), str(REPO), str(cache / "pip")],
+                   timings)
     return next(built.glob("armhf-agent_*_arm64.deb"))
 
 
