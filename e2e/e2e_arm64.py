@@ -120,8 +120,7 @@ def format_table(report: Report) -> str:
 
 
 def deb_dependencies(deb: Path) -> list[str]:
-    """arm64 package names the .deb depends on (first of each alternative, versions dropped): the
-    guest has no network, so they are installed into the image ahead of `dpkg -i`."""
+    """Package names the .deb depends on (first of each alternative, versions dropped)."""
     depends = subprocess.run(["dpkg-deb", "-f", str(deb), "Depends"], check=True, capture_output=True,
                              text=True).stdout
     names = []
@@ -209,11 +208,20 @@ def build_deb(cache: Path, timings: dict[str, str]) -> Path:
     return next(built.glob("armhf-agent_*_arm64.deb"))
 
 
-def build_images(cache: Path, deb: Path | None, timings: dict[str, str]) -> dict[str, Path]:
-    extra = deb_dependencies(deb) if deb else []
-    base_key = digest(HERE / "build-base.sh", HERE / "make-initrd.sh", HERE / "image", " ".join(extra))
+def check_dependencies(base: Path, deb: Path) -> None:
+    """The guest has no network: `dpkg -i` there only works if the image already holds the .deb's
+    dependencies. Said before booting, naming them, rather than as a failed probe minutes later."""
+    installed = set((base / "packages.txt").read_text().split())
+    missing = [name for name in deb_dependencies(deb) if name not in installed]
+    if missing:
+        raise UsageError(f"{deb} depends on {', '.join(missing)}, not in the guest image: add them to "
+                         f"the include list in {HERE / 'build-base.sh'}")
+
+
+def build_images(cache: Path, timings: dict[str, str]) -> dict[str, Path]:
+    base_key = digest(HERE / "build-base.sh", HERE / "make-initrd.sh", HERE / "image")
     return {
-        "base": cached(cache, "base", base_key, [str(HERE / "build-base.sh"), *extra], timings),
+        "base": cached(cache, "base", base_key, [str(HERE / "build-base.sh")], timings),
         "payload": cached(cache, "payload", digest(HERE / "build-payload.sh"),
                           [str(HERE / "build-payload.sh")], timings),
         "armhf-rootfs": cached(cache, "armhf-rootfs", digest(HERE / "build-armhf-rootfs.sh"),
@@ -321,7 +329,9 @@ def main(argv: list[str] | None = None) -> int:
         timings: dict[str, str] = {}
         deb = None if args.no_agent else (args.deb or build_deb(args.cache, timings))
         mode = "no-aarch32" if args.cpu in NO_AARCH32_CPUS else ("agent" if deb else "platform")
-        built = build_images(args.cache, deb, timings)
+        built = build_images(args.cache, timings)
+        if deb:
+            check_dependencies(built["base"], deb)
         run_dir = args.cache / f"run-{args.cpu}-{mode}"
         run_dir.mkdir(parents=True, exist_ok=True)
         data = make_data_disk(run_dir, built, mode, deb)

@@ -73,15 +73,31 @@ def test_an_empty_console_is_not_ok():
     assert "no probe results on the console" in report.problems
 
 
-def test_deb_dependencies_are_first_alternatives_without_versions(tmp_path):
+def make_deb(tmp_path, depends):
     root = tmp_path / "pkg"
     (root / "DEBIAN").mkdir(parents=True)
     (root / "DEBIAN" / "control").write_text(
         "Package: probe\nVersion: 1.0\nArchitecture: arm64\nMaintainer: t <t@example.org>\n"
-        "Description: x\nDepends: python3 (>= 3.11~), libc6:any, adduser | passwd, python3\n")
+        f"Description: x\nDepends: {depends}\n")
     deb = tmp_path / "probe.deb"
     subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(root), str(deb)], check=True, capture_output=True)
+    return deb
+
+
+def test_deb_dependencies_are_first_alternatives_without_versions(tmp_path):
+    deb = make_deb(tmp_path, "python3 (>= 3.11~), libc6:any, adduser | passwd, python3")
     assert e2e.deb_dependencies(deb) == ["adduser", "libc6", "python3"]
+
+
+def test_a_dependency_missing_from_the_guest_image_is_named_before_booting(tmp_path):
+    deb = make_deb(tmp_path, "python3 (>= 3.11~), python3.11, libfoo1")
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "packages.txt").write_text("libc6\npython3\npython3.11\n")
+    with pytest.raises(e2e.UsageError, match=r"depends on libfoo1, not in the guest image"):
+        e2e.check_dependencies(base, deb)
+    (base / "packages.txt").write_text("libc6\npython3\npython3.11\nlibfoo1\n")
+    e2e.check_dependencies(base, deb)
 
 
 def test_cache_key_follows_the_build_inputs(tmp_path):
