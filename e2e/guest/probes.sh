@@ -29,6 +29,11 @@ probe() {
     printf 'E2E %s %s %s %d.%03ds\n' "$verdict" "$name" "${detail:--}" $((elapsed / 1000)) $((elapsed % 1000))
 }
 
+# Waits are bounded in seconds, not tries: one `armhf-agent status` costs seconds under TCG.
+# within SECONDS: starts a bound; `expired` is then true once it has passed.
+within() { bound=$(( $(date +%s) + $1 )); }
+expired() { [ "$(date +%s)" -gt "$bound" ]; }
+
 info() { printf 'E2E INFO %s %s\n' "$1" "$2"; }
 
 # expect WHAT EXPECTED ACTUAL: sets detail, succeeds when equal.

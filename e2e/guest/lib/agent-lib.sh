@@ -14,14 +14,13 @@ status_json() { armhf-agent status --json; }
 # wait_healthy SECONDS [NOT_PID]: until `armhf-agent status` says healthy (with a dockerd other
 # than NOT_PID); sets $dockerd_pid.
 wait_healthy() {
-    waited=0
+    within "$1"
     while :; do
         if armhf-agent status > /dev/null 2>&1; then
             dockerd_pid=$(status_json | jget dockerd.pid)
             [ "$dockerd_pid" != "${2:-}" ] && return 0
         fi
-        waited=$((waited + 1))
-        [ $waited -le "$1" ] || { armhf-agent status; journalctl -u armhf-agent -n 30 --no-pager; return 1; }
+        expired && { armhf-agent status; journalctl -u armhf-agent -n 30 --no-pager; return 1; }
         sleep 1
     done
 }
@@ -74,13 +73,13 @@ check_metrics() {
 
 check_cpuinfo_restored() {
     rm -f "$CPUINFO"
-    waited=0
+    removed=$(date +%s)
+    within 60
     until grep -q '^CPU architecture: 7' "$CPUINFO" 2>/dev/null; do
-        waited=$((waited + 1))
-        [ $waited -le 60 ] || { detail="$CPUINFO not back within 60 s"; return 1; }
+        expired && { detail="$CPUINFO not back within 60 s"; return 1; }
         sleep 1
     done
-    detail="back within ${waited} s"
+    detail="back within $(( $(date +%s) - removed )) s"
 }
 
 check_dockerd_sigkill() {
@@ -102,10 +101,9 @@ adopt_after() {
     before=$(status_json | jget dockerd.pid)
     agent_before=$(systemctl show -p MainPID --value armhf-agent)
     "$@" || return 1
-    waited=0
+    within 180
     until [ "$(systemctl show -p MainPID --value armhf-agent)" != "$agent_before" ] && armhf-agent status > /dev/null 2>&1; do
-        waited=$((waited + 1))
-        [ $waited -le 180 ] || { detail="no new healthy agent within 180 s"; return 1; }
+        expired && { detail="no new healthy agent within 180 s"; return 1; }
         sleep 1
     done
     expect "dockerd pid,adopted,container" "$before,true,running $started" \

@@ -55,11 +55,10 @@ start_dockerd() {
         $wrapper $dockerd >> "$WORK/dockerd.log" 2>&1 &
     fi
     dockerd_pid=$!
-    waited=0
+    within 120
     until $DOCKER version > /dev/null 2>&1; do
         kill -0 "$dockerd_pid" 2>/dev/null || { detail="dockerd exited"; tail -n 20 "$WORK/dockerd.log"; return 1; }
-        waited=$((waited + 1))
-        [ $waited -le 120 ] || { detail="no answer on $SOCK after 120 tries"; tail -n 20 "$WORK/dockerd.log"; return 1; }
+        expired && { detail="no answer on $SOCK within 120 s"; tail -n 20 "$WORK/dockerd.log"; return 1; }
         sleep 1
     done
     detail="personality=$1 cpuinfo=$2 pid=$(cat $PIDFILE)"
@@ -69,10 +68,9 @@ stop_dockerd() {
     [ -f "$PIDFILE" ] || return 0
     pid=$(cat "$PIDFILE")
     kill "$pid" 2>/dev/null
-    tries=0
+    within 60
     while kill -0 "$pid" 2>/dev/null; do
-        tries=$((tries + 1))
-        [ $tries -le 60 ] || { detail="dockerd $pid still running after 60 s"; return 1; }
+        expired && { detail="dockerd $pid still running after 60 s"; return 1; }
         sleep 1
     done
     detail="stopped $pid"
