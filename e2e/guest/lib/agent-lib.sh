@@ -9,6 +9,9 @@ CONFIG=/etc/armhf-agent/agent.toml
 CPUINFO=/hijacked-armhf-cpuinfo
 
 jget() { python3 "$E2E/jget.py" "$@"; }
+# metric NAME{LABELS} < scrape: its value as a number (the exposition format writes 1 as 1.0).
+metric() { awk -v name="$1" '$1 == name { print $2 + 0 }'; }
+scrape() { python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=30).read().decode())' "$1"; }
 status_json() { armhf-agent status --json; }
 
 # wait_healthy SECONDS [NOT_PID]: until `armhf-agent status` says healthy (with a dockerd other
@@ -52,8 +55,9 @@ start_agent() {
 check_doctor() {
     armhf-agent doctor --json > "$WORK/doctor.json"
     cat "$WORK/doctor.json"
+    # "found" is "<mode>: <evidence>"
     expect doctor-aarch32-el0 "PASS native" \
-        "$(jget --check aarch32-el0 verdict < "$WORK/doctor.json") $(jget --check aarch32-el0 found < "$WORK/doctor.json" | cut -d' ' -f1)"
+        "$(jget --check aarch32-el0 verdict < "$WORK/doctor.json") $(jget --check aarch32-el0 found < "$WORK/doctor.json" | cut -d: -f1)"
 }
 
 check_status() {
@@ -65,21 +69,21 @@ check_status() {
 
 check_metrics() {
     url=$(status_json | jget metrics_url)
-    python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=30).read().decode())' \
-        "$url" > "$WORK/metrics.txt" || { detail="cannot scrape '$url'"; return 1; }
+    scrape "$url" > "$WORK/metrics.txt" || { detail="cannot scrape '$url'"; return 1; }
     expect "dockerd_up,exec_mode{native}" "1,1" \
-        "$(sed -n 's/^armhf_agent_dockerd_up //p' "$WORK/metrics.txt"),$(sed -n 's/^armhf_agent_exec_mode{mode="native"} //p' "$WORK/metrics.txt")"
+        "$(metric armhf_agent_dockerd_up < "$WORK/metrics.txt"),$(metric 'armhf_agent_exec_mode{mode="native"}' < "$WORK/metrics.txt")"
 }
 
 check_cpuinfo_restored() {
-    rm -f "$CPUINFO"
+    inode=$(stat -c %i "$CPUINFO") || return 1
+    rm "$CPUINFO" || return 1
     removed=$(date +%s)
     within 60
     until grep -q '^CPU architecture: 7' "$CPUINFO" 2>/dev/null; do
         expired && { detail="$CPUINFO not back within 60 s"; return 1; }
         sleep 1
     done
-    detail="back within $(( $(date +%s) - removed )) s"
+    detail="back within $(( $(date +%s) - removed )) s, inode $inode -> $(stat -c %i "$CPUINFO")"
 }
 
 check_dockerd_sigkill() {
@@ -120,14 +124,14 @@ check_unsupported_reported() {
     cat "$WORK/status.json"
     journalctl -u armhf-agent --no-pager -n 30 > "$WORK/journal.txt"
     cat "$WORK/journal.txt"
-    python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=30).read().decode())' \
-        "$(jget metrics_url < "$WORK/status.json")" > "$WORK/metrics.txt"
+    scrape "$(jget metrics_url < "$WORK/status.json")" > "$WORK/metrics.txt"
     expect "active,restarts,status-rc,exec,STATUS,log,metric" "active,0,1,unsupported,yes,yes,1" \
-        "$(systemctl is-active armhf-agent),$(systemctl show -p NRestarts --value armhf-agent),$status_rc,$(jget exec.mode < "$WORK/status.json"),$(systemctl show -p StatusText --value armhf-agent | grep -qi unsupported && echo yes || echo no),$(grep -qi unsupported "$WORK/journal.txt" && echo yes || echo no),$(sed -n 's/^armhf_agent_exec_mode{mode="unsupported"} //p' "$WORK/metrics.txt")"
+        "$(systemctl is-active armhf-agent),$(systemctl show -p NRestarts --value armhf-agent),$status_rc,$(jget exec.mode < "$WORK/status.json"),$(systemctl show -p StatusText --value armhf-agent | grep -qi unsupported && echo yes || echo no),$(grep -qi unsupported "$WORK/journal.txt" && echo yes || echo no),$(metric 'armhf_agent_exec_mode{mode="unsupported"}' < "$WORK/metrics.txt")"
 }
 
 check_doctor_unsupported() {
     armhf-agent doctor --json > "$WORK/doctor.json"; doctor_rc=$?
     cat "$WORK/doctor.json"
-    expect "doctor rc,aarch32-el0" "1,FAIL" "$doctor_rc,$(jget --check aarch32-el0 verdict < "$WORK/doctor.json")"
+    expect "doctor rc,aarch32-el0" "1,FAIL unsupported" \
+        "$doctor_rc,$(jget --check aarch32-el0 verdict < "$WORK/doctor.json") $(jget --check aarch32-el0 found < "$WORK/doctor.json" | cut -d: -f1)"
 }
