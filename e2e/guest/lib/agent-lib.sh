@@ -116,17 +116,21 @@ adopt_after() {
 
 
 # On a CPU without AArch32 the agent must say so plainly and stay up instead of crash-looping: give
-# it time for a few restarts' worth of backoff, then read every place it reports to.
+# it time for a few restarts' worth of backoff, then read every place it reports to. "Plainly" in
+# STATUS= and the log: the exec mode's name or the agent's sentence for it.
+PLAIN_UNSUPPORTED='unsupported|cannot execute AArch32|cannot run armhf natively'
 check_unsupported_reported() {
     systemctl restart armhf-agent
     sleep 60
     status_json > "$WORK/status.json"; status_rc=$?
     cat "$WORK/status.json"
+    systemctl show -p StatusText --value armhf-agent > "$WORK/status-text.txt"
+    cat "$WORK/status-text.txt"
     journalctl -u armhf-agent --no-pager -n 30 > "$WORK/journal.txt"
     cat "$WORK/journal.txt"
     scrape "$(jget metrics_url < "$WORK/status.json")" > "$WORK/metrics.txt"
     expect "active,restarts,status-rc,exec,STATUS,log,metric" "active,0,1,unsupported,yes,yes,1" \
-        "$(systemctl is-active armhf-agent),$(systemctl show -p NRestarts --value armhf-agent),$status_rc,$(jget exec.mode < "$WORK/status.json"),$(systemctl show -p StatusText --value armhf-agent | grep -qi unsupported && echo yes || echo no),$(grep -qi unsupported "$WORK/journal.txt" && echo yes || echo no),$(metric 'armhf_agent_exec_mode{mode="unsupported"}' < "$WORK/metrics.txt")"
+        "$(systemctl is-active armhf-agent),$(systemctl show -p NRestarts --value armhf-agent),$status_rc,$(jget exec.mode < "$WORK/status.json"),$(grep -Eqi "$PLAIN_UNSUPPORTED" "$WORK/status-text.txt" && echo yes || echo no),$(grep -Eqi "$PLAIN_UNSUPPORTED" "$WORK/journal.txt" && echo yes || echo no),$(metric 'armhf_agent_exec_mode{mode="unsupported"}' < "$WORK/metrics.txt")"
 }
 
 check_doctor_unsupported() {
