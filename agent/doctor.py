@@ -14,13 +14,13 @@ import os
 import re
 import shlex
 import socket
-import stat
 import struct
 import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol, TextIO
 
+from agent import payload as payloads
 from agent.aarch32 import ARM_HOST_MACHINES, DEFAULT_BINFMT_ROOT, Aarch32Report, Runner, SubprocessRunner, detect
 from agent.config import AgentConfig
 from agent.elf import elf_info
@@ -28,9 +28,6 @@ from agent.status import AgentLiveness, process_cmdline, read_agent
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 
-REQUIRED_BINARIES = ("dockerd", "containerd", "containerd-shim-runc-v2", "runc", "docker-init",
-                     "docker-proxy", "docker")
-PAYLOAD_DIRS = ("", "bin", "usr/bin", "usr/local/bin")
 # What login shells, cron and systemd services get when nobody sets PATH (Debian's /etc/profile
 # for root, systemd's compiled-in default).
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -188,30 +185,8 @@ def check_cpu(root: HostRoot) -> Check:
 
 
 def find_payload_binary(payload_root: str, name: str) -> str | None:
-    for folder in PAYLOAD_DIRS:
-        path = os.path.join(payload_root, folder, name)
-        if os.path.isfile(path) and os.access(path, os.X_OK):
-            return path
-    return None
-
-
-def _unsafe(path: str) -> str:
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        return f"{path}: {exc.strerror}"
-    if st.st_uid != 0:
-        return f"{path} is owned by uid {st.st_uid}, not root"
-    if stat.S_IMODE(st.st_mode) & 0o022:
-        return f"{path} is group/world-writable (mode {stat.S_IMODE(st.st_mode):04o})"
-    return ""
-
-
-def _with_parents(path: str) -> list[str]:
-    chain = [path]
-    while chain[-1] != "/":
-        chain.append(os.path.dirname(chain[-1]))
-    return chain
+    path = payloads.find(payload_root).get(name)
+    return path if path and os.access(path, os.X_OK) else None
 
 
 def _native_machines(root: HostRoot) -> set[str]:
@@ -220,19 +195,13 @@ def _native_machines(root: HostRoot) -> set[str]:
 
 def check_payload(config: AgentConfig, root: HostRoot, aarch32: Aarch32Report) -> Check:
     payload = config.docker.root
-    found_paths = {name: find_payload_binary(payload, name) for name in REQUIRED_BINARIES}
+    found_paths = {name: find_payload_binary(payload, name) for name in payloads.REQUIRED}
     missing = [name for name, path in found_paths.items() if path is None]
     if missing:
         return Check("payload", FAIL, f"{payload}: missing {', '.join(missing)} (looked in "
-                     f"{', '.join(os.path.join(payload, d) if d else payload for d in PAYLOAD_DIRS)})",
+                     f"{', '.join(os.path.join(payload, d) if d else payload for d in payloads.SEARCH_DIRS)})",
                      "install an armhf payload: armhf-agent install-docker docker-VERSION.tgz")
-    # A binary anyone else can replace is a root shell for them: check files and every folder above,
-    # both where the payload names them and where symlinks lead.
-    to_check = []
-    for path in found_paths.values():
-        for chain_start in (os.path.abspath(path), os.path.realpath(path)):
-            to_check += [p for p in _with_parents(chain_start) if p not in to_check]
-    unsafe = [problem for problem in map(_unsafe, to_check) if problem]
+    unsafe = sorted({problem for problem in map(payloads.unsafe_reason, found_paths.values()) if problem})
     if unsafe:
         return Check("payload", FAIL, "; ".join(unsafe),
                      f"chown root:root and chmod go-w the payload and its folders (under {payload})")

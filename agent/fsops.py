@@ -7,7 +7,6 @@ import errno
 import os
 import shutil
 import time
-from pathlib import Path
 
 
 def atomic_write(path: str, data: bytes, mode: int, uid: int = 0, gid: int = 0, before_rename=None) -> None:

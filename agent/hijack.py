@@ -24,7 +24,7 @@ def cpuinfo_marker() -> bytes:
 
 
 def read_compat_view() -> str | None:
-    r = subprocess.run([sys.executable, "-I", LAUNCHER, "--personality", "linux32", "--", "/bin/cat", "/proc/cpuinfo"],
+    r = subprocess.run([sys.executable, "-I", "-S", LAUNCHER, "--personality", "linux32", "--", "/bin/cat", "/proc/cpuinfo"],
                        capture_output=True, text=True)
     return r.stdout if r.returncode == 0 else None
 
@@ -42,13 +42,11 @@ class CpuinfoSource:
         self.read_native = read_native
         self.read_compat = read_compat
         self._cache: tuple[int, bytes] | None = None
-        self.changed = False
 
     def render(self) -> bytes:
         online = cpuinfo.online_cpu_count(self.sys_root)
         if self._cache is None or self._cache[0] != online:
             text = cpuinfo.render_for_host(self.machine, online, self.variant, self.read_native, self.read_compat)
-            self.changed = self._cache is not None
             self._cache = (online, text.encode())
         return self._cache[1]
 

@@ -27,7 +27,11 @@ MS_SLAVE = 1 << 19
 MNT_DETACH = 0x2
 PER_LINUX32 = 0x0008
 
-libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+try:
+    # Straight to glibc's soname: find_library() would spawn ldconfig, ~10-50 ms on every dockerd start.
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+except OSError:
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
 libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 libc.personality.argtypes = [ctypes.c_ulong]

@@ -8,17 +8,18 @@ the loop acts on them.
 
 from __future__ import annotations
 
+import grp
 import logging
 import os
 import select
 import signal
 import socket
 import time
-from dataclasses import replace
 
 from . import __version__, aarch32, payload as payloads
 from .clock import SystemClock
 from .config import AgentConfig, ConfigError, LoadedConfig, load_config
+from .cpuinfo import CpuinfoError
 from .docker_api import DockerApi
 from .dockerd import RUNNING, STOPPED, BLOCKED, DockerdSpec, DockerdSupervisor, Timings
 from .fsops import DisplacedStore, atomic_write
@@ -28,7 +29,7 @@ from .notify import Notifier
 from .processes import Processes
 from .ratelimit import RateLimitedLog
 from .shimfile import SHIM_MARKER, records_path, shim_content
-from .state import RELOAD_RESULTS, STATE_FILE, PayloadState, Snapshot
+from .state import RELOAD_RESULTS, STATE_FILE, Snapshot
 from .updates import PayloadTracker
 from .watch import FolderWatch
 
@@ -66,13 +67,14 @@ def dockerd_spec(config: AgentConfig, payload: payloads.Payload, environ: dict[s
 
 class Agent:
     def __init__(self, loaded: LoadedConfig, *, environ: dict[str, str] | None = None, clock=None,
-                 processes=None, notifier=None, metrics_factory=None):
+                 processes=None, notifier=None, metrics_factory=None, watch=None):
         self.environ = dict(os.environ if environ is None else environ)
         self.loaded = loaded
         self.config = loaded.config
         self.clock = clock or SystemClock()
         self.processes = processes or Processes()
         self.notifier = notifier or Notifier(self.environ)
+        self.watch = watch or FolderWatch()
         self.errors = RateLimitedLog(log, self.clock)
         self.started_at = self.clock.time()
         self.state = "starting"
@@ -106,10 +108,18 @@ class Agent:
         self.loaded, self.config = loaded, loaded.config
         if (old.cpuinfo, old.shim, old.agent, old.docker.root) != (self.config.cpuinfo, self.config.shim,
                                                                      self.config.agent, self.config.docker.root):
-            supervisor = self.supervisor
+            before = (self.cpuinfo_file, self.shim_file, self.tracker)
             self._build()
-            self.supervisor = supervisor
+            # Counters never go backwards: the rebuilt resources inherit what the old ones counted.
+            for old_file, new_file in zip(before[:2], (self.cpuinfo_file, self.shim_file)):
+                new_file.repairs = old_file.repairs
+                new_file.last_repair_reason, new_file.last_repair_at = old_file.last_repair_reason, old_file.last_repair_at
+            self.tracker.updates = before[2].updates
         self.api.sock_path = self.config.docker.socket_path
+        if old.metrics != self.config.metrics and self.metrics:
+            self.metrics.stop()
+            self.metrics = None
+            self._start_metrics()
         self.supervisor.configure(self.supervisor.spec, self.supervisor.blocked, timings(self.config))
 
     # -- signals -----------------------------------------------------------------------------------
@@ -155,14 +165,20 @@ class Agent:
         self._ensure_files(payload, full_check)
         self._configure_dockerd(payload)
         wait = self.supervisor.step()
+        self._check_daemon_view()
         self.tracker.after_step(self.supervisor)
         self._platform()
         if full_check:
             self._watch_folders()
             self._exec_mode(now)
+            if self.metrics is None:
+                self._start_metrics()
         self.steps += 1
         self._publish()
-        return min(wait, max(0.0, self._next_full - self.clock.monotonic()), self.tracker.wake_in())
+        if self.metrics:
+            self.metrics.on_step()
+        now = self.clock.monotonic()
+        return min(wait, max(0.0, self._next_full - now), self.tracker.wake_in(), self.notifier.watchdog_due_in(now))
 
     def _ensure_files(self, payload: payloads.Payload, full_check: bool) -> None:
         c = self.config
@@ -173,26 +189,55 @@ class Agent:
             self.shim_file.set_desired(shim_content(client, c.cpuinfo.path, records_path(c), __version__))
         else:
             self.shim_file.set_desired(None, f"no docker client to exec: none in {c.docker.root} and shim.client unset")
+        self._ensure_records_file()
         for f in (self.cpuinfo_file, self.shim_file):
-            before = f.desired
             problem = f.ensure()
             if problem is not None and f.write_error:
                 self.errors(f"write-{f.name}", logging.ERROR, "%s: %s (will retry)", f.name, f.write_error)
             elif problem is None:
                 self.errors.clear(f"write-{f.name}")
-            if f is self.cpuinfo_file and before is not None and self.cpuinfo_source.changed and problem is None:
-                self._rebind_cpuinfo()
 
-    def _rebind_cpuinfo(self) -> None:
-        """dockerd's namespace pinned the old file's inode with its bind mount: show it the new one."""
-        self.cpuinfo_source.changed = False
+    def _ensure_records_file(self) -> None:
+        """The shim appends to it as whoever runs docker: root, or members of the `docker` group.
+        Created here with an explicit owner and mode (the shim never creates it: a missing run_dir
+        just means no record)."""
+        path = records_path(self.config)
+        if os.path.lexists(path):
+            return
+        try:
+            gid = grp.getgrnam("docker").gr_gid
+        except KeyError:
+            gid = 0
+        try:
+            os.makedirs(self.config.agent.run_dir, mode=0o755, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            try:
+                os.fchown(fd, 0, gid)
+                os.fchmod(fd, 0o620 if gid else 0o600)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            self.errors("records", logging.ERROR, "cannot create %s: %s", path, exc)
+
+    def _check_daemon_view(self) -> None:
+        """dockerd's bind mount pins an inode: after any rewrite of the file (regenerated, repaired,
+        or written while an adopted dockerd was running) dockerd would keep seeing the old one. Two
+        stats per step tell; a re-bind inside its namespace fixes it."""
         pid = self.supervisor.pid
-        if pid and self.config.cpuinfo.daemon:
+        if not pid or not self.config.cpuinfo.daemon or self.supervisor.state != RUNNING \
+                or self.cpuinfo_file.last_problem is not None:
+            return
+        try:
+            ours = os.stat(self.config.cpuinfo.path)
+            seen = os.stat(f"{self.processes.proc}/{pid}/root/proc/cpuinfo")
+        except OSError:
+            return
+        if (ours.st_dev, ours.st_ino) != (seen.st_dev, seen.st_ino):
             err = self.processes.rebind_cpuinfo(pid, self.config.cpuinfo.path)
             if err:
                 self.errors("rebind", logging.ERROR, "cpuinfo: could not refresh dockerd's view: %s", err)
             else:
-                log.info("cpuinfo: dockerd (pid %d) now sees the regenerated file", pid)
+                log.info("cpuinfo: dockerd (pid %d) now sees the rewritten file", pid)
 
     def _configure_dockerd(self, payload: payloads.Payload) -> None:
         blocked = None
@@ -210,8 +255,9 @@ class Agent:
         self.supervisor.configure(spec, blocked)
         run = self.supervisor.run
         if spec is not None and run is not None and run.spec is not None and run.spec != spec \
-                and self.supervisor.state == RUNNING and not self.tracker.update_pending():
+                and self.supervisor.state == RUNNING and not self.tracker.payload_changed():
             # Arguments, environment, personality or namespace changed (a reload): restart gracefully.
+            # A new payload changes them too (dockerd's path, PATH) but is restarted onto as an update.
             self.supervisor.request_restart("reload")
 
     def _platform(self) -> None:
@@ -229,11 +275,27 @@ class Agent:
         except Exception as exc:
             self.errors("version", logging.WARNING, "dockerd: /version failed: %s", exc)
             return
+        try:
+            variant = containerd_variant_of_pid(sup.pid)
+        except CpuinfoError:
+            # dockerd sees a non-Arm cpuinfo (cpuinfo.daemon = false on an x86 host): no Arm variant.
+            variant = ""
         self.platform = {"os": v.get("Os", ""), "arch": v.get("Arch", ""), "version": v.get("Version", ""),
-                         "variant": containerd_variant_of_pid(sup.pid)}
+                         "variant": variant}
         self.platform_pid = sup.pid
         log.info("dockerd: platform %s/%s/%s, server %s", self.platform["os"], self.platform["arch"],
                  self.platform["variant"] or "-", self.platform["version"])
+
+    def _start_metrics(self) -> None:
+        """A taken port must not take the daemon down with it: logged, retried at each full check."""
+        if not self.metrics_factory:
+            return
+        try:
+            self.metrics = self.metrics_factory(self)
+            self.errors.clear("metrics")
+        except OSError as exc:
+            self.errors("metrics", logging.ERROR, "metrics: cannot serve on %s: %s (retrying)",
+                        self.config.metrics.listen, exc)
 
     def _exec_mode(self, now: float) -> None:
         """How this host runs armhf (native / emulated / unsupported): probed at start and every 10
@@ -271,13 +333,10 @@ class Agent:
 
     # -- outputs -----------------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
-        c = self.config
-        host = c.metrics.host if c.metrics.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-        scheme = "https" if c.metrics.tls_cert else "http"
         return Snapshot(
             version=__version__, pid=os.getpid(), state=self.state, started_at=self.started_at,
             last_step_at=self.clock.time(), steps=self.steps, config_path=self.loaded.path,
-            metrics_url=f"{scheme}://{host}:{c.metrics.port}/metrics" if self.metrics else "",
+            metrics_url=self.metrics.server.url if self.metrics else "",
             exec_mode=self.exec_mode[0], exec_detail=self.exec_mode[1], reloads=dict(self.reloads),
             dockerd=self.supervisor.snapshot(self.platform), payload=self.tracker.describe(),
             files=(self.cpuinfo_file.describe(), self.shim_file.describe()),
@@ -318,12 +377,11 @@ class Agent:
     # -- the shell ---------------------------------------------------------------------------------
     def run(self) -> int:
         self.install_signal_handlers()
-        self.watch = FolderWatch()
         log.info("armhf-agent %s starting (config %s, pid %d)", __version__, self.loaded.path or "built-in defaults",
                  os.getpid())
         self._adopt()
-        if self.metrics_factory:
-            self.metrics = self.metrics_factory(self)
+        self.latest = self.snapshot()
+        self._start_metrics()
         self.state = "running"
         while True:
             if "stop" in self.flags:
@@ -357,9 +415,12 @@ class Agent:
                      exe or "not running")
             return
         try:
-            self.api.ping(d.health_timeout_seconds)
+            _, answering = self.api.ping(d.health_timeout_seconds)
         except Exception as exc:
             log.warning("dockerd pid %d does not answer on %s (%s): not adopting", pid, d.host, exc)
+            return
+        if answering != pid:
+            log.warning("pid %s answers on %s, not the pidfile's dockerd (pid %d): not adopting", answering, d.host, pid)
             return
         handle = self.processes.adopt(pid)
         if handle is None:

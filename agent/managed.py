@@ -40,6 +40,7 @@ class ManagedFile:
         self.last_problem: Problem | None = None
         self.write_error = ""
         self.was_right = False         # repairs count only drift: putting a file in place the first time is installing
+        self.ever_right = False
 
     def set_desired(self, data: bytes | None, unavailable: str = "") -> None:
         if data != self.desired:
@@ -83,8 +84,11 @@ class ManagedFile:
 
         def move_aside() -> None:
             if problem.reason in ("content", "replaced", "directory", "symlink") and os.path.lexists(self.path):
+                # Only what stood there before we first put our file in place is "the original" that
+                # uninstall puts back; a later foreign file is tampering, kept under a dated name.
                 moved_to.append(self.store.displace(self.name, self.path, problem.reason,
-                                                    keep_as_original=problem.reason == "replaced"))
+                                                    keep_as_original=problem.reason == "replaced"
+                                                    and not self.ever_right))
 
         try:
             atomic_write(self.path, self.desired, self.mode, before_rename=move_aside)
@@ -114,7 +118,7 @@ class ManagedFile:
             problem = self.check()
         self.last_problem = problem
         if problem is None and self.desired is not None:
-            self.was_right = True
+            self.was_right = self.ever_right = True
         return problem
 
     def remove(self) -> str:

@@ -50,6 +50,12 @@ class Notifier:
             self._send("WATCHDOG=1")
             self._last_watchdog = now
 
+    def watchdog_due_in(self, now: float) -> float:
+        """Seconds until the next WATCHDOG=1 is due (the loop must not sleep past it)."""
+        if not self.watchdog_interval:
+            return 3600.0
+        return max(0.0, self._last_watchdog + self.watchdog_interval - now)
+
     def reloading(self) -> None:
         # MONOTONIC_USEC lets systemd >= 253 match the reload with this notification.
         self._send(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")

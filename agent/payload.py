@@ -12,7 +12,6 @@ import platform
 import stat
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 
 from .elf import elf_info
 
@@ -63,27 +62,31 @@ def host_is_arm64(machine: str | None = None) -> bool:
     return (machine or platform.machine()) in ("aarch64", "arm64")
 
 
-def unsafe_reason(path: str, stop_at: str = "/") -> str | None:
-    """A payload binary that others can write is a root shell for them: the file (resolved) and every
-    folder up to / must be root-owned and not group/world-writable."""
-    real = os.path.realpath(path)
-    current = real
-    while True:
+def _chain(path: str) -> list[str]:
+    chain = [path]
+    while chain[-1] != "/":
+        chain.append(os.path.dirname(chain[-1]))
+    return chain
+
+
+def unsafe_reason(path: str) -> str | None:
+    """A payload binary that others can write is a root shell for them: the file and every folder above
+    it must be root-owned and not group/world-writable, both where the payload names it and where a
+    symlink leads (a writable folder holding a symlink is as bad as a writable binary)."""
+    seen: list[str] = []
+    for start in (os.path.abspath(path), os.path.realpath(path)):
+        seen += [p for p in _chain(start) if p not in seen]
+    for current in seen:
         try:
             st = os.stat(current)
         except OSError as exc:
             return f"{current}: {exc.strerror}"
         if st.st_uid != 0:
             return f"{current} is owned by uid {st.st_uid}, not root"
-        sticky_dir = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
-        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not sticky_dir:
+        # Sticky world-writable folders (/tmp) count too: anyone can still create names in them.
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
             return f"{current} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
-        if sticky_dir and current != "/":
-            # A sticky world-writable folder (/tmp) still lets anyone create names in it.
-            return f"{current} is a world-writable folder (mode {stat.S_IMODE(st.st_mode):04o})"
-        if current in ("/", stop_at):
-            return None
-        current = os.path.dirname(current)
+    return None
 
 
 def inspect(root: str, machine: str | None = None, allow_arch: bool = False) -> Payload:

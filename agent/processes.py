@@ -40,7 +40,7 @@ class Processes:
     # -- spawning ------------------------------------------------------------------------------------
     def launch(self, argv: list[str], env: dict[str, str], personality: str, cpuinfo: str | None,
                log_path: str | None) -> ProcessHandle:
-        cmd = [sys.executable, "-I", LAUNCHER]
+        cmd = [sys.executable, "-I", "-S", LAUNCHER]
         if personality == "linux32":
             cmd += ["--personality", "linux32"]
         if cpuinfo:
@@ -61,14 +61,14 @@ class Processes:
         """None if the kernel accepts the personality, else the reason."""
         if personality != "linux32":
             return None
-        r = subprocess.run([sys.executable, "-I", LAUNCHER, "--personality", "linux32", "--probe"],
+        r = subprocess.run([sys.executable, "-I", "-S", LAUNCHER, "--personality", "linux32", "--probe"],
                            capture_output=True, text=True)
         if r.returncode == 0:
             return None
         return r.stderr.strip() or f"launcher exited {r.returncode}"
 
     def rebind_cpuinfo(self, pid: int, path: str) -> str | None:
-        r = subprocess.run([sys.executable, "-I", LAUNCHER, "--rebind", str(pid), "--cpuinfo", path],
+        r = subprocess.run([sys.executable, "-I", "-S", LAUNCHER, "--rebind", str(pid), "--cpuinfo", path],
                            capture_output=True, text=True)
         return None if r.returncode == 0 else (r.stderr.strip() or f"exit {r.returncode}")
 
@@ -143,6 +143,12 @@ class Processes:
             return os.readlink(Path(self.proc, str(pid), "ns", "mnt"))
         except OSError:
             return None
+
+    def remove_file(self, path: str) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
     def read_pidfile(self, path: str) -> int | None:
         try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 
 from . import payload as payloads
 from .dockerd import BACKOFF, RUNNING
@@ -43,6 +44,7 @@ class PayloadTracker:
         self._version_cache: tuple[tuple, str] | None = None
         self._personality: tuple[str, str | None, float] | None = None
         self._last_problems: tuple[str, ...] = ()
+        self._saver: threading.Thread | None = None
 
     # -- observation -------------------------------------------------------------------------------
     def observe(self, supervisor) -> payloads.Payload:
@@ -86,6 +88,9 @@ class PayloadTracker:
             if supervisor.state == RUNNING and self.running_fp == self.pending:
                 self.updates["applied"] += 1
                 self.pending = None
+                # A rejection is remembered against the payload dockerd ran on; on a new one, the same
+                # broken state seen again is a new rejection (logged and counted).
+                self.rejected_fp = None
                 log.info("update: applied; dockerd pid %s healthy on the new payload", pid)
             elif supervisor.state == BACKOFF:
                 self._roll_back()
@@ -96,28 +101,45 @@ class PayloadTracker:
     def adopted(self, payload: payloads.Payload) -> None:
         self.current = payload
 
-    def update_pending(self) -> bool:
-        return self.pending is not None
+    def payload_changed(self) -> bool:
+        """The payload differs from the one dockerd runs: restarting onto it is this tracker's job
+        (settled, validated, counted as an update, rolled back), not a reload's."""
+        return self.pending is not None or (self.running_fp is not None and self.seen_fp != self.running_fp)
 
     # -- known-good and rollback -------------------------------------------------------------------
     def _save_known_good(self) -> None:
-        tmp = self.known_good_dir + ".tmp"
-        try:
-            shutil.rmtree(tmp, ignore_errors=True)
-            os.makedirs(os.path.dirname(tmp), mode=0o700, exist_ok=True)
-            shutil.copytree(self.root, tmp, symlinks=True)
-            if os.path.lexists(self.known_good_dir):
-                shutil.rmtree(self.known_good_dir)
-            os.rename(tmp, self.known_good_dir)
-        except OSError as exc:
-            log.error("cannot keep a known-good copy of %s in %s: %s", self.root, self.known_good_dir, exc)
-            self.known_good_fp = self.seen_fp   # do not retry every step; next update tries again
+        """Copies the payload aside in a thread (a 75 MB dockerd takes ~1.5 s to copy: the loop must
+        keep repairing meanwhile). A copy whose source changed while it was taken is discarded."""
+        if self._saver is not None and self._saver.is_alive():
             return
-        self.known_good_fp = self.seen_fp
-        log.info("payload: kept a known-good copy in %s", self.known_good_dir)
+        fp = self.seen_fp
+        self.known_good_fp = fp          # in progress: not started again for the same payload
+
+        def copy() -> None:
+            tmp = self.known_good_dir + ".tmp"
+            try:
+                shutil.rmtree(tmp, ignore_errors=True)
+                os.makedirs(os.path.dirname(tmp), mode=0o700, exist_ok=True)
+                shutil.copytree(self.root, tmp, symlinks=True)
+                if _quick_fingerprint(self.root) != fp:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    log.info("payload changed while it was being copied; known-good copy discarded")
+                    return
+                if os.path.lexists(self.known_good_dir):
+                    shutil.rmtree(self.known_good_dir)
+                os.rename(tmp, self.known_good_dir)
+            except OSError as exc:
+                log.error("cannot keep a known-good copy of %s in %s: %s", self.root, self.known_good_dir, exc)
+                return
+            log.info("payload: kept a known-good copy in %s", self.known_good_dir)
+
+        self._saver = threading.Thread(target=copy, name="known-good-copy", daemon=True)
+        self._saver.start()
 
     def _roll_back(self) -> None:
         self.pending = None
+        if self._saver is not None:
+            self._saver.join()
         if not os.path.isdir(self.known_good_dir):
             log.error("update failed and no known-good payload is kept: nothing to roll back to")
             return

@@ -13,7 +13,8 @@ packages=(docker.io busybox-static python3 python3-venv util-linux ca-certificat
 if [ "$want_tests" = 1 ]; then
     # qemu-user-static: doctor's binfmt test; shellcheck: the shim's lint test;
     # curl: the TLS scrape; openssl: test certificates.
-    packages+=(qemu-user-static shellcheck openssl curl iproute2 procps)
+    # mmdebstrap: the packaging tests build and install the .deb in Debian 12 and 13 chroots.
+    packages+=(qemu-user-static shellcheck openssl curl iproute2 procps mmdebstrap)
 fi
 
 missing=()

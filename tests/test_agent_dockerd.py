@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from agentproc import AgentProcess, pid_alive, agent_config, wait_gone, write_config
+from agentproc import AgentProcess, agent_config, pid_alive
 from conftest import requires_docker
-from harness import docker_cli, ping, wait_for
+from harness import docker_cli, ping
 
 pytestmark = [requires_docker]
 
@@ -116,8 +116,6 @@ def test_sighup_with_broken_file_keeps_old_config_then_valid_one_applies(agent, 
     a.wait_log(r"reload:   .*agent.toml:\d+: docker.health_failures: Input should be greater than or equal to 1")
     a.wait_log(r"reload:   .*agent.toml:\d+: docker.bogus: unknown key")
     assert a.state()["reloads"]["rejected"] == 1
-    msgs = a.notify.drain()
-    assert "RELOADING=1" in msgs[-2].split("\n") and msgs[-1] == "READY=1" or "READY=1" in msgs
     assert a.dockerd_pid() == pid
 
     # A valid change to dockerd's arguments is applied with a graceful restart.
@@ -182,3 +180,54 @@ def test_sigusr2_detaches_leaving_dockerd_running(agent):
     b = agent().start()
     assert b.wait_running() == pid
     b.wait_log(r"adopted running dockerd pid %d" % pid)
+
+
+def test_watchdog_pings_only_while_the_loop_progresses(agent, base):
+    a = agent(extra_env={"WATCHDOG_USEC": "1000000"})   # WatchdogSec=1: ping every 0.5 s
+    a.start()
+    a.wait_running()
+    a.notify.wait_for("WATCHDOG=1", 10)
+    t0 = len([m for m in a.notify.drain() if m == "WATCHDOG=1"])
+    time.sleep(2.0)
+    pings = len([m for m in a.notify.drain() if m == "WATCHDOG=1"]) - t0
+    assert 3 <= pings <= 6, pings
+    # A stuck loop (here: the whole agent stopped) sends none: that is what systemd's watchdog catches.
+    a.signal(signal.SIGSTOP)
+    try:
+        before = len([m for m in a.notify.drain() if m == "WATCHDOG=1"])
+        time.sleep(1.5)
+        assert len([m for m in a.notify.drain() if m == "WATCHDOG=1"]) == before
+    finally:
+        a.signal(signal.SIGCONT)
+
+
+def test_reload_notifies_reloading_with_monotonic_usec_then_ready(agent):
+    a = agent().start()
+    a.wait_running()
+    a.signal(signal.SIGHUP)
+    a.wait_log(r"reload: applied")
+    msgs = a.notify.drain()
+    i = next(i for i, m in enumerate(msgs) if m.startswith("RELOADING=1"))
+    assert re.match(r"RELOADING=1\nMONOTONIC_USEC=\d+$", msgs[i])
+    assert "READY=1" in msgs[i + 1:]
+
+
+def test_unit_file_verifies():
+    from pathlib import Path
+    import shutil
+    import tempfile
+
+    if not shutil.which("systemd-analyze"):
+        pytest.skip("systemd-analyze not installed")
+    unit = (Path(__file__).parent.parent / "systemd" / "armhf-agent.service").read_text()
+    for needle in ("Type=notify", "WatchdogSec=", "Restart=always", "RestartPreventExitStatus=78",
+                   "ExecReload=/bin/kill -HUP $MAINPID", "Delegate=yes", "KillMode=process", "TasksMax=infinity",
+                   "LimitNOFILE=1048576", "OOMScoreAdjust=-500"):
+        assert needle in unit, needle
+    with tempfile.TemporaryDirectory() as d:
+        # ExecStart must exist for verify: point it at a real executable.
+        path = Path(d, "armhf-agent.service")
+        path.write_text(unit.replace("/usr/bin/armhf-agent", "/bin/true"))
+        r = subprocess.run(["systemd-analyze", "verify", "--man=no", str(path)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert "armhf-agent.service" not in r.stderr, r.stderr

@@ -364,3 +364,21 @@ def test_online_cpu_count_names_a_missing_file(tmp_path):
 
 def test_count_cpu_list():
     assert count_cpu_list("0-255") == 256
+
+
+def test_source_regenerates_when_online_cpus_change(tmp_path):
+    """The agent's CpuinfoSource follows /sys/devices/system/cpu/online (CPU hotplug, a resized VM)."""
+    from agent.hijack import CpuinfoSource
+
+    online = tmp_path / "devices" / "system" / "cpu" / "online"
+    online.parent.mkdir(parents=True)
+    native = (FIXTURES / "huawei-mate-20.txt").read_text()
+    source = CpuinfoSource("v7", sys_root=str(tmp_path), machine="aarch64",
+                           read_native=lambda: native, read_compat=lambda: None)
+    online.write_text("0-1\n")
+    two = source.render().decode()
+    online.write_text("0-5\n")
+    six = source.render().decode()
+    assert two.count("processor\t:") == 2 and six.count("processor\t:") == 6
+    assert check(six, "v7") == [] and containerd_variant(six) == "v7"
+    assert source.render().decode() == six      # cached while the count holds

@@ -49,20 +49,24 @@ class FakeProcesses:
 
 
 class FakeApi:
-    def __init__(self):
+    def __init__(self, procs):
+        self.procs = procs
         self.up = False
+        self.sock_path = "/run/d.sock"
+        self.answering: int | None = None      # None: the latest dockerd launched answers
 
     def ping(self, timeout):
         if not self.up:
             raise OSError("connection refused")
-        return 0.001
+        return 0.001, self.answering or self.procs.next_pid
 
 
 def make(**kw):
     t = dict(health_interval=5.0, health_timeout=3.0, health_failures=2, start_timeout=60.0, stop_timeout=30.0,
              backoff_initial=1.0, backoff_max=60.0, stable_seconds=60.0)
     t.update(kw)
-    clock, procs, api = FakeClock(), FakeProcesses(), FakeApi()
+    clock, procs = FakeClock(), FakeProcesses()
+    api = FakeApi(procs)
     sup = DockerdSupervisor(Timings(**t), procs, api, clock)
     sup.configure(SPEC, None)
     return sup, clock, procs, api
@@ -196,3 +200,15 @@ def test_backoff_sequence_and_cap():
     assert b.next_delay() == 3.0
     b.note_uptime(10)
     assert b.next_delay() == 0.0
+
+
+def test_another_daemon_answering_on_the_socket_is_not_our_dockerd_running():
+    sup, clock, procs, api = make(start_timeout=10.0)
+    api.up = True
+    api.answering = 4242                  # e.g. the distribution's docker.service on the same socket
+    sup.step()
+    sup.step()
+    assert sup.state == STARTING and not sup.ping_ok
+    clock.advance(11)
+    sup.step()
+    assert sup.state == STOPPING and sup.restarts["start_timeout"] == 1

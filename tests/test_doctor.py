@@ -314,7 +314,7 @@ def test_payload_missing_or_unsafe(base, tmp_path):
     (payload / "usr/local/bin/runc").write_bytes(probe_elf())
     os.chmod(payload / "usr/local/bin/runc", 0o775)
     writable = check_payload(config, root, replace_mode("native"))
-    assert (writable.verdict, writable.found) == (FAIL, f"{payload}/usr/local/bin/runc is group/world-writable (mode 0775)")
+    assert (writable.verdict, writable.found) == (FAIL, f"{payload}/usr/local/bin/runc is writable by group or others (mode 0775)")
 
     os.chmod(payload / "usr/local/bin/runc", 0o755)
     os.chown(payload / "usr", 1000, 1000)
@@ -332,7 +332,7 @@ def test_payload_under_a_world_writable_folder_is_refused(tmp_path):
     payload = armhf_payload(shared / "docker")
     check = check_payload(make_config(tmp_path, docker=DockerSection(root=str(payload))),
                           fixture_root("graviton2", True, True), replace_mode("native"))
-    assert check.verdict == FAIL and f"{shared} is group/world-writable (mode 0777)" in check.found
+    assert check.verdict == FAIL and f"{shared} is writable by group or others (mode 0777)" in check.found
 
 
 # --- conflicts ---------------------------------------------------------------------------------------------

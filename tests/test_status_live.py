@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 
-from agentproc import AgentProcess, wait_gone
+from agentproc import AgentProcess
 from conftest import requires_docker
 from harness import REPO, wait_for
 

@@ -1,0 +1,379 @@
+"""The fault cases of issue 6. Each injects one fault into a running rig (the real agent and its real
+dockerd, bench/rig.py) and asserts that nothing was lost: dockerd answers, the sentinel container still
+runs (the same process unless dockerd itself was replaced), both managed files are right, no counter
+went down, and the agent's log explains what happened.
+
+A case is one run; `faults/run` repeats it N times on the same rig, so every case also has to leave the
+rig as it found it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import errno
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from bench.figures import _exchange
+from bench.rig import REPO, Rig, pid_alive, ping, wait_for
+
+
+@dataclass
+class Case:
+    name: str
+    run: Callable
+    rig: dict | None = field(default_factory=dict)   # Rig() options; None: the case needs no agent
+
+
+CASES: list[Case] = []
+
+
+def case(name: str, agent: bool = True, **rig_options):
+    def register(fn):
+        CASES.append(Case(name, fn, rig_options if agent else None))
+        return fn
+    return register
+
+
+def bumped(rig: Rig, before: dict, key: str, by: int = 1) -> None:
+    """The counter went up by exactly `by` (state.json is published at the end of the step that logged
+    the event, so it may lag the log line a moment)."""
+    want = before[key] + by
+    try:
+        wait_for(lambda: rig.counters()[key] >= want, 10, 0.02, key)
+    except TimeoutError:
+        pass
+    now = rig.counters()[key]
+    assert now == want, f"{key}: {before[key]} -> {now}, expected +{by}"
+
+
+# -- dockerd ---------------------------------------------------------------------------------------
+
+
+@case("dockerd SIGKILL")
+def dockerd_sigkill(rig: Rig) -> None:
+    pid, before, mark = rig.dockerd_pid(), rig.counters(), rig.mark()
+    os.kill(pid, signal.SIGKILL)
+    rig.agent.wait_running(60, other_than=pid)
+    rig.wait_log(mark, r"RUNNING -> BACKOFF: pid %d killed by SIGKILL" % pid)
+    bumped(rig, before, "dockerd.restarts.exited")
+    rig.assert_nothing_lost(dockerd_restarted=True)
+
+
+@case("dockerd SIGSTOP")
+def dockerd_sigstop(rig: Rig) -> None:
+    pid, before, mark = rig.dockerd_pid(), rig.counters(), rig.mark()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        rig.wait_log(mark, r"RUNNING -> STOPPING: SIGTERM to pid %d \(hung: 2 consecutive failed pings" % pid)
+        rig.agent.wait_running(60, other_than=pid)
+    finally:
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGCONT)
+    bumped(rig, before, "dockerd.restarts.hung")
+    rig.assert_nothing_lost(dockerd_restarted=True)
+
+
+@case("dockerd socket removed")
+def dockerd_socket_removed(rig: Rig) -> None:
+    """dockerd still runs but nobody can reach it: to its users that is a hung daemon, so it is
+    replaced, and the new one listens on the socket again."""
+    pid, before, mark = rig.dockerd_pid(), rig.counters(), rig.mark()
+    os.unlink(rig.sock)
+    rig.wait_log(mark, r"dockerd: /_ping failed \(1 of 2 allowed\)")
+    rig.wait_log(mark, r"RUNNING -> STOPPING: SIGTERM to pid %d \(hung" % pid)
+    rig.agent.wait_running(60, other_than=pid)
+    assert Path(rig.sock).is_socket()
+    bumped(rig, before, "dockerd.restarts.hung")
+    rig.assert_nothing_lost(dockerd_restarted=True)
+
+
+# -- payload ---------------------------------------------------------------------------------------
+
+
+def _dockerd_binary(rig: Rig) -> Path:
+    return rig.payload / "bin" / "dockerd"
+
+
+def _install(path: Path, data: bytes) -> None:
+    """As an installer does: a temp file next to it, renamed over."""
+    tmp = path.with_name(path.name + ".installing")
+    tmp.write_bytes(data)
+    tmp.chmod(0o755)
+    os.rename(tmp, path)
+
+
+@case("payload binary removed")
+def payload_binary_removed(rig: Rig) -> None:
+    """A running dockerd keeps what it loaded: the incomplete payload is rejected, dockerd is left
+    alone; once the binary is back the agent restarts onto it (as onto any new payload)."""
+    binary = _dockerd_binary(rig)
+    data, pid, before, mark = binary.read_bytes(), rig.dockerd_pid(), rig.counters(), rig.mark()
+    binary.unlink()
+    rig.wait_log(mark, r"update rejected: missing in .*: dockerd; dockerd keeps running on the binaries it loaded")
+    state = rig.state()
+    assert state["payload"]["state"] == "invalid" and "dockerd" in state["payload"]["problem"], state["payload"]
+    assert rig.dockerd_pid() == pid and ping(rig.sock), "dockerd was touched while the payload was incomplete"
+    bumped(rig, before, "payload.updates.rejected")
+    rig.assert_nothing_lost(dockerd_restarted=False)
+    mark = rig.mark()
+    _install(binary, data)
+    rig.wait_log(mark, r"payload .* is complete and safe now")
+    rig.wait_log(mark, r"update: applied; dockerd pid \d+ healthy on the new payload")
+    rig.agent.wait_running(60, other_than=pid)
+    assert rig.state()["payload"]["state"] == "ok"
+    rig.assert_nothing_lost(dockerd_restarted=True)
+
+
+@case("payload replaced (update)")
+def payload_replaced(rig: Rig) -> None:
+    binary = _dockerd_binary(rig)
+    pid, before, mark = rig.dockerd_pid(), rig.counters(), rig.mark()
+    _install(binary, binary.read_bytes())
+    rig.wait_log(mark, r"update: payload in .* changed; restarting dockerd onto it")
+    rig.wait_log(mark, r"update: applied; dockerd pid \d+ healthy on the new payload")
+    new = rig.agent.wait_running(60, other_than=pid)
+    assert os.stat(f"/proc/{new}/exe").st_ino == binary.stat().st_ino, "dockerd does not run the new binary"
+    bumped(rig, before, "payload.updates.applied")
+    bumped(rig, before, "dockerd.restarts.update")
+    rig.assert_nothing_lost(dockerd_restarted=True)
+
+
+@case("payload replaced by a broken one (rollback)")
+def payload_broken(rig: Rig) -> None:
+    binary = _dockerd_binary(rig)
+    good, pid, before, mark = binary.read_bytes(), rig.dockerd_pid(), rig.counters(), rig.mark()
+    _install(binary, b"#!/bin/sh\necho 'this dockerd cannot start' >&2\nexit 3\n")
+    rig.wait_log(mark, r"update: payload in .* changed; restarting dockerd onto it")
+    rig.wait_log(mark, r"exited with status 3")
+    rig.wait_log(mark, r"update: new payload could not become healthy; rolled back to the known-good copy")
+    rig.agent.wait_running(60, other_than=pid)
+    assert binary.read_bytes() == good, "the payload was not restored"
+    bumped(rig, before, "payload.updates.rolled_back")
+    rig.assert_nothing_lost(dockerd_restarted=True)
+
+
+# -- managed files ---------------------------------------------------------------------------------
+
+
+def _plant_symlink(path: Path) -> None:
+    victim = path.parent.parent / "victim"
+    victim.write_text("must never be written through the symlink\n")
+    link = path.with_name(path.name + ".link")
+    link.symlink_to(victim)
+    os.rename(link, path)
+
+
+def _to_directory(path: Path) -> None:
+    tmp = path.with_name(path.name + ".dir")
+    tmp.mkdir()
+    (tmp / "inside").write_text("a folder where a file belongs\n")
+    _exchange(tmp, path)
+    tmp.unlink()
+
+
+def _edit(path: Path) -> None:
+    with open(path, "ab") as f:
+        f.write(b"# edited by hand\n")
+
+
+def _to_binary(path: Path) -> None:
+    _install(path, Path("/bin/true").read_bytes())
+
+
+def _displaced(rig: Rig) -> set[str]:
+    folder = rig.base / "state" / "displaced"
+    return set(os.listdir(folder)) if folder.is_dir() else set()
+
+
+def file_fault(name: str, mutate: Callable[[Path], None], reason: str) -> Callable[[Rig], None]:
+    def run(rig: Rig) -> None:
+        path = rig.cpuinfo if name == "cpuinfo" else rig.shim
+        want, before, mark = path.read_bytes(), rig.counters(), rig.mark()
+        displaced = _displaced(rig)
+        pid = rig.dockerd_pid()
+        mutate(path)
+        kept = r"; old kept at \S+" if reason != "missing" else ""
+        rig.wait_log(mark, r"%s: repaired %s \(%s: .*%s\)" % (name, path, reason, kept))
+        assert path.read_bytes() == want
+        bumped(rig, before, f"{name}.repairs.{reason}")
+        if reason != "missing":
+            moved = _displaced(rig) - displaced
+            assert moved, f"what the {reason} repair moved aside is not in displaced/"
+            if reason == "replaced" and name == "shim":
+                # A foreign docker that appears after the shim was in place is tampering: kept under a
+                # dated name, never as the `shim.original` that uninstall would put back.
+                entries = [rig.base / "state" / "displaced" / n for n in moved]
+                assert any(p.read_bytes() == Path("/bin/true").read_bytes() for p in entries if p.is_file()), moved
+                assert "shim.original" not in moved
+        if reason == "symlink":
+            victim = path.parent.parent / "victim"
+            assert victim.read_text() == "must never be written through the symlink\n"
+        assert rig.dockerd_pid() == pid
+        rig.assert_nothing_lost(dockerd_restarted=False)
+    return run
+
+
+for _name, _mutate, _reason, _label in (
+        ("cpuinfo", Path.unlink, "missing", "cpuinfo deleted"),
+        ("cpuinfo", _edit, "content", "cpuinfo edited"),
+        ("cpuinfo", _to_directory, "directory", "cpuinfo replaced by a directory"),
+        ("cpuinfo", _plant_symlink, "symlink", "cpuinfo: symlink planted"),
+        ("shim", Path.unlink, "missing", "shim deleted"),
+        ("shim", _to_binary, "replaced", "shim overwritten by a real binary")):
+    CASES.append(Case(_label, file_fault(_name, _mutate, _reason)))
+
+
+# -- the agent itself ------------------------------------------------------------------------------
+
+
+@case("agent SIGKILL while containers run")
+def agent_sigkill(rig: Rig) -> None:
+    ids = [rig.docker("run", "-d", "--network", "none", "bb:local", "sh", "-c",
+                      "trap 'exit 0' TERM; sleep 1000000 & wait").stdout.strip() for _ in range(3)]
+    before = {cid: _container(rig, cid) for cid in ids}
+    pid = rig.dockerd_pid()
+    old = rig.agent
+    old.proc.kill()
+    old.proc.wait()
+    old.notify.close()
+    assert pid_alive(pid) and ping(rig.sock), "dockerd did not outlive the agent"
+    rig.agent = rig.new_agent().start()
+    rig.wait_log(0, r"STOPPED -> RUNNING: adopted running dockerd pid %d" % pid)
+    rig.agent.notify.wait_for("READY=1", 30)
+    assert rig.agent.wait_running() == pid
+    assert "STOPPED -> STARTING" not in rig.agent.log(), "a second dockerd was started"
+    for cid, (was_pid, was_started) in before.items():
+        now_pid, now_started = _container(rig, cid)
+        assert (now_pid, now_started) == (was_pid, was_started), f"container {cid[:12]} was restarted or lost"
+    rig.assert_nothing_lost(dockerd_restarted=False)
+    rig.docker("rm", "-f", *ids)
+
+
+def _container(rig: Rig, cid: str) -> tuple[int, str]:
+    out = rig.docker("inspect", "-f", "{{.State.Running}} {{.State.Pid}} {{.State.StartedAt}}", cid).stdout.split()
+    assert out[0] == "true", f"container {cid[:12]} not running"
+    return int(out[1]), out[2]
+
+
+def _broken_config(good: str) -> str:
+    return good.replace("health_failures = 2", "health_failures = 0").replace("[docker]\n", "[docker]\nbogus = 1\n")
+
+
+@case("bad config at start", agent=False)
+def bad_config_start(base: Path) -> None:
+    from bench.rig import rig_config
+    from agentproc import write_config
+
+    path = write_config(base / "agent.toml", rig_config(base))
+    path.write_text(_broken_config(path.read_text()))
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "agent", "--config", str(path), "run", "--no-metrics"], cwd=REPO,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 78, f"exit {out.returncode}, expected 78 (EX_CONFIG): {out.stderr}"
+    assert f"{path}:" in out.stderr and "docker.health_failures: Input should be greater than or equal to 1" \
+        in out.stderr, out.stderr
+    assert "docker.bogus: unknown key" in out.stderr, out.stderr
+    assert not (base / "d.pid").exists() and not (base / "run" / "state.json").exists(), "it started anyway"
+    assert time.monotonic() - t0 < 30
+
+
+@case("bad config at reload")
+def bad_config_reload(rig: Rig) -> None:
+    pid, before, mark = rig.dockerd_pid(), rig.counters(), rig.mark()
+    good = rig.agent.config_path.read_text()
+    rig.agent.config_path.write_text(_broken_config(good))
+    rig.agent.signal(signal.SIGHUP)
+    rig.wait_log(mark, r"reload: .*agent.toml is invalid, keeping the running config")
+    rig.wait_log(mark, r"reload:   .*agent.toml:\d+: docker.health_failures: Input should be greater")
+    rig.wait_log(mark, r"reload:   .*agent.toml:\d+: docker.bogus: unknown key")
+    bumped(rig, before, "reloads.rejected")
+    assert rig.dockerd_pid() == pid
+    rig.agent.config_path.write_text(good)
+    rig.agent.signal(signal.SIGHUP)
+    rig.wait_log(mark, r"reload: applied")
+    bumped(rig, before, "reloads.applied")
+    assert rig.dockerd_pid() == pid, "an unchanged config restarted dockerd"
+    rig.assert_nothing_lost(dockerd_restarted=False)
+
+
+@case("disk full while writing a managed file", small_fs="64k")
+def disk_full(rig: Rig) -> None:
+    """The cpuinfo lives on a 64 KiB tmpfs. Filled up, an edited cpuinfo cannot be repaired: the agent
+    says so and the file that is there stays whole (the temp file fails, never the old file). Once space
+    returns the repair happens."""
+    path, pid = rig.cpuinfo, rig.dockerd_pid()
+    want, before, mark = path.read_bytes(), rig.counters(), rig.mark()
+    filler = path.parent / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    # In place, without growing the file: the edit itself needs no space.
+    edited = want[:-2] + b"X\n"
+    with open(path, "r+b") as f:
+        f.write(edited)
+    rig.wait_log(mark, r"cpuinfo: cannot write %s: No space left on device \(will retry\)" % path)
+    assert path.read_bytes() == edited, "the file in place was damaged by a failed repair"
+    leftovers = [n for n in os.listdir(path.parent) if n not in (path.name, "filler")]
+    assert not leftovers, f"temp files left behind: {leftovers}"
+    assert rig.dockerd_pid() == pid and ping(rig.sock)
+    filler.unlink()
+    rig.wait_log(mark, r"cpuinfo: repaired %s \(content" % path)
+    assert path.read_bytes() == want
+    bumped(rig, before, "cpuinfo.repairs.content")
+    rig.assert_nothing_lost(dockerd_restarted=False)
+
+
+@case("50 concurrent docker run through the shim during repairs")
+def concurrent_runs(rig: Rig) -> None:
+    """Mode and owner drift make the agent rewrite both files over and over while 50 `docker run` go
+    through the shim. The drift itself breaks nothing (root can still read and exec), so any failure
+    would be the repair's: a moment without the file, or half a file."""
+    want, before, mark = rig.cpuinfo.read_bytes(), rig.counters(), rig.mark()
+    stop = threading.Event()
+
+    def drift() -> None:
+        steps = [(os.chmod, rig.cpuinfo, 0o640), (os.chown, rig.shim, 1, 1),
+                 (os.chmod, rig.shim, 0o700), (os.chown, rig.cpuinfo, 1, 1)]
+        i = 0
+        while not stop.is_set():
+            fn, *args = steps[i % len(steps)]
+            try:
+                fn(*args)
+            except FileNotFoundError:
+                pass     # between the agent's rename and our call: nothing to drift
+            i += 1
+            time.sleep(0.02)
+
+    def one_run(_: int) -> subprocess.CompletedProcess:
+        return subprocess.run([str(rig.shim), "-H", f"unix://{rig.sock}", "run", "--rm", "--network", "none",
+                               "bb:local", "cat", "/proc/cpuinfo"], capture_output=True, timeout=600)
+
+    mutator = threading.Thread(target=drift, daemon=True)
+    mutator.start()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(50) as pool:
+            results = list(pool.map(one_run, range(50)))
+    finally:
+        stop.set()
+        mutator.join()
+    failed = [r for r in results if r.returncode != 0]
+    assert not failed, f"{len(failed)} of 50 failed, e.g.: {failed[0].stderr.decode()[-500:]}"
+    wrong = [r for r in results if r.stdout != want]
+    assert not wrong, f"{len(wrong)} of 50 did not see the hijacked cpuinfo"
+    after = rig.counters()
+    repairs = sum(after[k] - before[k] for k in after if ".repairs." in k)
+    assert repairs > 0, "no repair happened during the runs: the case tested nothing"
+    rig.wait_log(mark, r"(cpuinfo|shim): repaired .* \((mode|owner): ")
+    rig.assert_nothing_lost(dockerd_restarted=False)
+
