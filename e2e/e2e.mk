@@ -1,0 +1,15 @@
+# End-to-end run on an emulated arm64 host (QEMU TCG). Included by the top-level Makefile.
+#   make e2e-arm64                       the agent's probes on a Neoverse N1 (Graviton2) guest, with the
+#                                        arm64 .deb built from this tree (scripts/build-deb.sh in an arm64
+#                                        chroot) and installed in the guest
+#   make e2e-arm64 E2E_CPU=cortex-a72    Graviton1's core
+#   make e2e-arm64 DEB=path/arm64.deb    the same with a given .deb
+#   make e2e-arm64 E2E_NO_AGENT=1        platform probes only (dockerd started by hand, no .deb)
+#   make e2e-arm64 E2E_CPU=a64fx         a CPU without AArch32 at EL0 (Graviton4-like)
+# Everything is cached under .cache/e2e/, keyed on its inputs; exit 0 only if every probe passed.
+E2E_CPU ?= neoverse-n1
+E2E_TIMEOUT ?= 1200
+
+.PHONY: e2e-arm64
+e2e-arm64:
+	python3 e2e/e2e_arm64.py --cpu $(E2E_CPU) --timeout $(E2E_TIMEOUT) $(if $(DEB),--deb $(DEB)) $(if $(E2E_NO_AGENT),--no-agent)

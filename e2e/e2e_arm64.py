@@ -1,0 +1,358 @@
+#!/usr/bin/env python3
+"""End-to-end run on an emulated arm64 host: build (or reuse) the guest image, boot it under
+qemu-system-aarch64, read the probe verdicts from the serial console, print them as a table.
+
+Exit status: 0 when every probe passed and the guest reported E2E DONE, 1 otherwise, 2 on bad
+usage or a missing host tool. Standard library only: it runs on the host's python3, not the venv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+DEFAULT_CACHE = REPO / ".cache" / "e2e"
+# Neoverse N1 is Graviton2's core and runs AArch32 at EL0; under TCG here it was as fast as
+# cortex-a72 (agent run 344 s vs 346 s). a64fx has no AArch32 at all (reference/test-environment.md).
+DEFAULT_CPU = "neoverse-n1"
+NO_AARCH32_CPUS = {"a64fx"}
+DEFAULT_TIMEOUT_SECONDS = 1200
+# The guest prints its first E2E line ~10-40 s after QEMU starts here; a guest silent for this long
+# never booted, and waiting out the whole run would only delay the verdict.
+BOOT_TIMEOUT_SECONDS = 300
+HOST_TOOLS = {
+    "mmdebstrap": "mmdebstrap",
+    "qemu-system-aarch64": "qemu-system-arm",
+    "qemu-img": "qemu-utils",
+    "mke2fs": "e2fsprogs",
+    "cpio": "cpio",
+    "dpkg-deb": "dpkg",
+    "update-binfmts": "binfmt-support",
+}
+BINFMT = Path("/proc/sys/fs/binfmt_misc")
+
+LINE = re.compile(r"E2E (?P<kind>PASS|FAIL|INFO|DONE)(?: (?P<rest>.*))?$")
+RESULT = re.compile(r"(?P<name>\S+) (?P<detail>.*) (?P<seconds>\d+\.\d{3})s$")
+
+
+class UsageError(Exception):
+    pass
+
+
+@dataclass
+class ProbeResult:
+    name: str
+    passed: bool
+    detail: str
+    seconds: float
+
+
+@dataclass
+class Report:
+    results: list[ProbeResult] = field(default_factory=list)
+    info: dict[str, str] = field(default_factory=dict)
+    done: tuple[int, int] | None = None     # (passed, failed) as counted by the guest
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and bool(self.results) and all(r.passed for r in self.results)
+
+
+def parse_console(lines) -> Report:
+    """Collects the probe lines from a serial console log. Kernel or systemd output may precede a
+    marker on the same line, so markers are searched, not anchored at the line start."""
+    report = Report()
+    for raw in lines:
+        match = LINE.search(raw.rstrip("\r\n"))
+        if not match:
+            continue
+        kind, rest = match["kind"], match["rest"] or ""
+        if kind == "INFO":
+            key, _, value = rest.partition(" ")
+            report.info[key] = value.strip()
+        elif kind == "DONE":
+            counts = rest.split()
+            if len(counts) == 2 and all(c.isdigit() for c in counts):
+                report.done = (int(counts[0]), int(counts[1]))
+            else:
+                report.problems.append(f"malformed E2E DONE line: {raw.strip()!r}")
+        else:
+            result = RESULT.match(rest)
+            if not result:
+                report.problems.append(f"malformed E2E {kind} line: {raw.strip()!r}")
+                continue
+            report.results.append(ProbeResult(result["name"], kind == "PASS", result["detail"],
+                                              float(result["seconds"])))
+    if report.done is None:
+        report.problems.append("the guest never printed E2E DONE (crashed, hung or timed out)")
+    else:
+        seen = (sum(r.passed for r in report.results), sum(not r.passed for r in report.results))
+        if seen != report.done:
+            report.problems.append(f"the guest counted {report.done[0]} passed / {report.done[1]} failed "
+                                   f"but the console shows {seen[0]} / {seen[1]} (lines lost or garbled)")
+    if not report.results:
+        report.problems.append("no probe results on the console")
+    return report
+
+
+def format_table(report: Report) -> str:
+    width = max([len(r.name) for r in report.results] + [5])
+    rows = [f"{'probe':<{width}}  result  seconds  detail"]
+    for r in report.results:
+        rows.append(f"{r.name:<{width}}  {'PASS' if r.passed else 'FAIL':<6}  {r.seconds:7.3f}  {r.detail}")
+    passed = sum(r.passed for r in report.results)
+    rows.append(f"{passed}/{len(report.results)} passed")
+    rows.extend(f"PROBLEM: {p}" for p in report.problems)
+    return "\n".join(rows)
+
+
+def deb_dependencies(deb: Path) -> list[str]:
+    """Package names the .deb depends on (first of each alternative, versions dropped)."""
+    depends = subprocess.run(["dpkg-deb", "-f", str(deb), "Depends"], check=True, capture_output=True,
+                             text=True).stdout
+    names = []
+    for clause in depends.split(","):
+        first = clause.split("|")[0].strip()
+        name = re.split(r"[\s(:]", first, maxsplit=1)[0]
+        if name:
+            names.append(name)
+    return sorted(set(names))
+
+
+def digest(*parts: bytes | str | Path) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, Path):
+            files = sorted(p for p in part.rglob("*") if p.is_file()) if part.is_dir() else [part]
+            for f in files:
+                h.update(str(f.relative_to(HERE) if f.is_relative_to(HERE) else
+                             f.relative_to(REPO) if f.is_relative_to(REPO) else f.name).encode())
+                h.update(f.read_bytes())
+        else:
+            h.update(part.encode() if isinstance(part, str) else part)
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def cached(cache: Path, name: str, key: str, build_command: list[str], timings: dict[str, str]) -> Path:
+    """Returns cache/name-key, building it with build_command OUT when absent. Built in a temporary
+    folder renamed into place, so an interrupted build is never mistaken for a finished one; older
+    keys of the same name are removed (a guest disk is 4 GB sparse)."""
+    final = cache / f"{name}-{key}"
+    if final.is_dir():
+        timings[name] = "cached"
+        return final
+    cache.mkdir(parents=True, exist_ok=True)
+    for stale in cache.glob(f"{name}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    work = Path(tempfile.mkdtemp(prefix=f"{name}-{key}.", suffix=".tmp", dir=cache))
+    print(f"e2e: building {name} ({' '.join(build_command)})", file=sys.stderr, flush=True)
+    started = time.monotonic()
+    try:
+        subprocess.run([*build_command, str(work)], check=True)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    work.rename(final)
+    timings[name] = f"built in {time.monotonic() - started:.0f} s"
+    return final
+
+
+def check_host() -> None:
+    missing = sorted({pkg for tool, pkg in HOST_TOOLS.items() if shutil.which(tool) is None})
+    if missing:
+        raise UsageError(f"missing host tools; run: apt-get install -y {' '.join(missing)}")
+    if os.geteuid() != 0:
+        raise UsageError("must run as root (mmdebstrap chroots, mke2fs of root-owned trees)")
+    # mmdebstrap runs the arm64 and armhf maintainer scripts under qemu-user through binfmt_misc.
+    if not (BINFMT / "status").exists():
+        subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT)], check=True)
+    if not ((BINFMT / "qemu-aarch64").exists() and (BINFMT / "qemu-arm").exists()):
+        subprocess.run(["update-binfmts", "--enable"], check=True)
+    for handler in ("qemu-aarch64", "qemu-arm"):
+        if not (BINFMT / handler).exists():
+            raise UsageError(f"{BINFMT / handler} is not registered (apt-get install qemu-user-static binfmt-support)")
+
+
+def source_files() -> list[Path]:
+    """What `make deb` packages: the tree's tracked and new files, minus the tests and this harness,
+    which never go into the .deb (so editing a probe does not rebuild the package)."""
+    listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            check=True, capture_output=True).stdout.decode().split("\0")
+    return [REPO / f for f in sorted(listed) if f and not f.startswith(("tests/", "e2e/")) and (REPO / f).is_file()]
+
+
+def build_deb(cache: Path, timings: dict[str, str]) -> Path:
+    """The project's arm64 .deb, by its own scripts/build-deb.sh in an arm64 chroot (qemu-user)."""
+    control = REPO / "packaging" / "debian" / "control"
+    if not (control.is_file() and (REPO / "scripts" / "build-deb.sh").is_file()):
+        raise UsageError(f"no packaging in {REPO} ({control}, scripts/build-deb.sh): pass --deb PATH or --no-agent")
+    chroot = cached(cache, "deb-chroot", digest(HERE / "build-deb-chroot.sh", control),
+                    [str(HERE / "build-deb-chroot.sh"), str(control)], timings)
+    built = cached(cache, "deb-arm64", digest(HERE / "build-deb-arm64.sh", *source_files()),
+                   [str(HERE / "build-deb-arm64.sh"), str(chroot / "chroot.tar"), str(REPO), str(cache / "pip")],
+                   timings)
+    return next(built.glob("armhf-agent_*_arm64.deb"))
+
+
+def check_dependencies(base: Path, deb: Path) -> None:
+    """The guest has no network: `dpkg -i` there only works if the image already holds the .deb's
+    dependencies. Said before booting, naming them, rather than as a failed probe minutes later."""
+    installed = set((base / "packages.txt").read_text().split())
+    missing = [name for name in deb_dependencies(deb) if name not in installed]
+    if missing:
+        raise UsageError(f"{deb} depends on {', '.join(missing)}, not in the guest image: add them to "
+                         f"the include list in {HERE / 'build-base.sh'}")
+
+
+def build_images(cache: Path, timings: dict[str, str]) -> dict[str, Path]:
+    base_key = digest(HERE / "build-base.sh", HERE / "make-initrd.sh", HERE / "image")
+    return {
+        "base": cached(cache, "base", base_key, [str(HERE / "build-base.sh")], timings),
+        "payload": cached(cache, "payload", digest(HERE / "build-payload.sh"),
+                          [str(HERE / "build-payload.sh")], timings),
+        "armhf-rootfs": cached(cache, "armhf-rootfs", digest(HERE / "build-armhf-rootfs.sh"),
+                               [str(HERE / "build-armhf-rootfs.sh")], timings),
+    }
+
+
+def make_data_disk(run_dir: Path, built: dict[str, Path], mode: str, deb: Path | None) -> Path:
+    """The per-run disk the guest mounts read-only at /e2e: probe scripts, payload, armhf rootfs,
+    the .deb. Separate from the cached root disk so a probe edit costs seconds, not a rebuild."""
+    stage = run_dir / "data"
+    shutil.rmtree(stage, ignore_errors=True)
+    shutil.copytree(HERE / "guest", stage)
+    (stage / "mode").write_text(mode + "\n")
+    payload = next(built["payload"].glob("docker-*.tgz"))
+    for source in (payload, built["armhf-rootfs"] / "debian-armhf.tar", *([deb] if deb else [])):
+        target = stage / ("armhf-agent.deb" if source == deb else source.name)
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copy2(source, target)
+    size_mb = sum(f.stat().st_size for f in stage.rglob("*") if f.is_file()) * 5 // 4 // 2**20 + 64
+    image = run_dir / "data.img"
+    image.unlink(missing_ok=True)
+    subprocess.run(["mke2fs", "-q", "-t", "ext4", "-L", "e2e-data", "-d", str(stage), str(image), f"{size_mb}M"],
+                   check=True)
+    shutil.rmtree(stage)
+    return image
+
+
+def boot(base: Path, data: Path, run_dir: Path, cpu: str, timeout: float) -> tuple[Path, float, bool]:
+    """Boots the guest on a copy-on-write overlay of the cached disk; streams probe lines to stderr
+    as they arrive. Returns the console log, the seconds QEMU ran, and whether it was killed."""
+    overlay = run_dir / "root.qcow2"
+    overlay.unlink(missing_ok=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(base / "disk.img"),
+                    str(overlay)], check=True)
+    command = [
+        # gic-version=3: a64fx advertises the GICv3 CPU interface, and the kernel dies with an undefined
+        # instruction on its first ICC_SRE access on the default GICv2 board (seen here, QEMU 7.2).
+        "qemu-system-aarch64", "-M", "virt,gic-version=3", "-cpu", cpu, "-smp", "2", "-m", "2048", "-nographic",
+        "-kernel", str(base / "vmlinuz"), "-initrd", str(base / "initrd.gz"),
+        # apparmor=0: Debian's kernel enables AppArmor and dockerd then refuses containers without
+        # the profile tools (reference/test-environment.md).
+        "-append", "root=/dev/vda rw console=ttyAMA0 panic=-1 apparmor=0",
+        "-drive", f"file={overlay},format=qcow2,if=none,id=root,cache=unsafe",
+        "-device", "virtio-blk-pci,drive=root",
+        "-drive", f"file={data},format=raw,if=none,id=data,readonly=on",
+        "-device", "virtio-blk-pci,drive=data",
+        "-nic", "none", "-no-reboot",
+    ]
+    console = run_dir / "console.log"
+    started = time.monotonic()
+    with console.open("w") as log:
+        qemu = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, errors="replace")
+        killed = threading.Event()
+        booted = threading.Event()
+
+        def expire() -> None:
+            killed.set()
+            qemu.kill()
+
+        def boot_expire() -> None:
+            if not booted.is_set():
+                expire()
+
+        timers = [threading.Timer(timeout, expire), threading.Timer(min(timeout, BOOT_TIMEOUT_SECONDS), boot_expire)]
+        for timer in timers:
+            timer.start()
+        try:
+            for line in qemu.stdout:
+                log.write(line)
+                log.flush()
+                marker = LINE.search(line)
+                if marker:
+                    booted.set()
+                    print(f"  [{time.monotonic() - started:6.1f}s] {marker.group(0)}", file=sys.stderr, flush=True)
+        finally:
+            for timer in timers:
+                timer.cancel()
+            qemu.wait()
+    overlay.unlink()
+    return console, time.monotonic() - started, killed.is_set()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    agent = parser.add_mutually_exclusive_group()
+    agent.add_argument("--deb", type=Path, help="the arm64 armhf-agent .deb to test (default: build it from "
+                       "this tree in an arm64 chroot)")
+    agent.add_argument("--no-agent", action="store_true", help="platform probes only: the armhf dockerd "
+                       "started by hand, no .deb")
+    parser.add_argument("--cpu", default=DEFAULT_CPU, help=f"QEMU CPU model (default {DEFAULT_CPU}; "
+                        f"{', '.join(sorted(NO_AARCH32_CPUS))} runs the no-AArch32 probes)")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"(default {DEFAULT_CACHE})")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS,
+                        help=f"seconds before QEMU is killed (default {DEFAULT_TIMEOUT_SECONDS})")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    try:
+        if args.deb is not None and not args.deb.is_file():
+            raise UsageError(f"--deb {args.deb}: no such file")
+        check_host()
+        timings: dict[str, str] = {}
+        deb = None if args.no_agent else (args.deb or build_deb(args.cache, timings))
+        mode = "no-aarch32" if args.cpu in NO_AARCH32_CPUS else ("agent" if deb else "platform")
+        built = build_images(args.cache, timings)
+        if deb:
+            check_dependencies(built["base"], deb)
+        run_dir = args.cache / f"run-{args.cpu}-{mode}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        data = make_data_disk(run_dir, built, mode, deb)
+        prepared = time.monotonic() - started
+        print(f"e2e: mode {mode}, cpu {args.cpu}, booting (console: {run_dir / 'console.log'})",
+              file=sys.stderr, flush=True)
+        console, qemu_seconds, killed = boot(built["base"], data, run_dir, args.cpu, args.timeout)
+    except UsageError as error:
+        print(f"e2e: {error}", file=sys.stderr)
+        return 2
+    with console.open(errors="replace") as lines:
+        report = parse_console(lines)
+    if killed:
+        report.problems.append(f"QEMU killed after {qemu_seconds:.0f} s (limits: {BOOT_TIMEOUT_SECONDS} s to the "
+                               f"first E2E line, {args.timeout:.0f} s in all)")
+    print(format_table(report))
+    print("guest: " + ", ".join(f"{k}={v}" for k, v in report.info.items()))
+    print("images: " + ", ".join(f"{k} {v}" for k, v in timings.items()))
+    print(f"time: prepare {prepared:.0f} s, qemu {qemu_seconds:.0f} s, total {time.monotonic() - started:.0f} s")
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

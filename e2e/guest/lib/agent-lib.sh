@@ -1,0 +1,141 @@
+# Functions for probing the installed agent, sourced by agent.sh and no-aarch32.sh. Each sets
+# $detail and returns 0 for PASS.
+
+. "$E2E/lib/docker.sh"
+
+DOCKER="timeout $STEP_TIMEOUT /usr/local/bin/docker"
+CPUINFO_MOUNT=""    # the shim adds the hijacked cpuinfo to run/create itself
+CONFIG=/etc/armhf-agent/agent.toml
+CPUINFO=/hijacked-armhf-cpuinfo
+
+jget() { python3 "$E2E/jget.py" "$@"; }
+# metric NAME{LABELS} < scrape: its value as a number (the exposition format writes 1 as 1.0).
+metric() { awk -v name="$1" '$1 == name { print $2 + 0 }'; }
+scrape() { python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=30).read().decode())' "$1"; }
+status_json() { armhf-agent status --json; }
+
+# wait_healthy SECONDS [NOT_PID]: until `armhf-agent status` says healthy (with a dockerd other
+# than NOT_PID); sets $dockerd_pid.
+wait_healthy() {
+    within "$1"
+    while :; do
+        if armhf-agent status > /dev/null 2>&1; then
+            dockerd_pid=$(status_json | jget dockerd.pid)
+            [ "$dockerd_pid" != "${2:-}" ] && return 0
+        fi
+        expired && { armhf-agent status; journalctl -u armhf-agent -n 30 --no-pager; return 1; }
+        sleep 1
+    done
+}
+
+install_deb() {
+    dpkg -i "$E2E/armhf-agent.deb" || return 1
+    detail=$(dpkg-query -W -f '${Package}=${Version}/${Architecture}' armhf-agent)
+}
+
+# No iptables and no network in the guest: dockerd without its bridge and NAT rules, set the way an
+# operator would, in the package's conffile.
+configure_agent() {
+    sed -i 's/^args = \[\]$/args = ["--bridge=none", "--iptables=false"]/' "$CONFIG"
+    grep -q '^args = \["--bridge=none", "--iptables=false"\]$' "$CONFIG" || { detail="no 'args = []' line in $CONFIG"; return 1; }
+    armhf-agent check-config
+}
+
+install_docker() {
+    armhf-agent install-docker "$E2E"/docker-*.tgz || return 1
+    detail=$(ls /opt/docker | tr '\n' ',')
+}
+
+start_agent() {
+    systemctl restart armhf-agent || return 1
+    wait_healthy 180 || { detail="not healthy within 180 s"; return 1; }
+    detail="healthy, dockerd pid $dockerd_pid"
+}
+
+check_doctor() {
+    armhf-agent doctor --json > "$WORK/doctor.json"
+    cat "$WORK/doctor.json"
+    # "found" is "<mode>: <evidence>"
+    expect doctor-aarch32-el0 "PASS native" \
+        "$(jget --check aarch32-el0 verdict < "$WORK/doctor.json") $(jget --check aarch32-el0 found < "$WORK/doctor.json" | cut -d: -f1)"
+}
+
+check_status() {
+    status_json > "$WORK/status.json"
+    cat "$WORK/status.json"
+    expect status,exec,platform "healthy,native,linux/arm/v7" \
+        "$(jget status < "$WORK/status.json"),$(jget exec.mode < "$WORK/status.json"),$(jget platform.os < "$WORK/status.json")/$(jget platform.arch < "$WORK/status.json")/$(jget platform.variant < "$WORK/status.json")"
+}
+
+check_metrics() {
+    url=$(status_json | jget metrics_url)
+    scrape "$url" > "$WORK/metrics.txt" || { detail="cannot scrape '$url'"; return 1; }
+    expect "dockerd_up,exec_mode{native}" "1,1" \
+        "$(metric armhf_agent_dockerd_up < "$WORK/metrics.txt"),$(metric 'armhf_agent_exec_mode{mode="native"}' < "$WORK/metrics.txt")"
+}
+
+check_cpuinfo_restored() {
+    inode=$(stat -c %i "$CPUINFO") || return 1
+    rm "$CPUINFO" || return 1
+    removed=$(date +%s)
+    within 60
+    until grep -q '^CPU architecture: 7' "$CPUINFO" 2>/dev/null; do
+        expired && { detail="$CPUINFO not back within 60 s"; return 1; }
+        sleep 1
+    done
+    detail="back within $(( $(date +%s) - removed )) s, inode $inode -> $(stat -c %i "$CPUINFO")"
+}
+
+check_dockerd_sigkill() {
+    before=$(status_json | jget dockerd.pid)
+    kill -KILL "$before" || return 1
+    wait_healthy 180 "$before" || { detail="no healthy dockerd after SIGKILL of $before within 180 s"; return 1; }
+    detail="pid $before killed, pid $dockerd_pid healthy"
+}
+
+start_sleeper() {
+    $DOCKER rm -f e2e-sleeper > /dev/null 2>&1
+    $DOCKER run -d --name e2e-sleeper --network none "$IMAGE" sleep 100000 > /dev/null
+}
+
+# adopt_after ACTION...: a container keeps running and dockerd keeps its pid across ACTION.
+adopt_after() {
+    start_sleeper || { detail="cannot start a container"; return 1; }
+    started=$($DOCKER inspect -f '{{.State.StartedAt}}' e2e-sleeper)
+    before=$(status_json | jget dockerd.pid)
+    agent_before=$(systemctl show -p MainPID --value armhf-agent)
+    "$@" || return 1
+    within 180
+    until [ "$(systemctl show -p MainPID --value armhf-agent)" != "$agent_before" ] && armhf-agent status > /dev/null 2>&1; do
+        expired && { detail="no new healthy agent within 180 s"; return 1; }
+        sleep 1
+    done
+    expect "dockerd pid,adopted,container" "$before,true,running $started" \
+        "$(status_json | jget dockerd.pid),$(status_json | jget dockerd.adopted),$($DOCKER inspect -f '{{.State.Status}} {{.State.StartedAt}}' e2e-sleeper)"
+}
+
+
+# On a CPU without AArch32 the agent must say so plainly and stay up instead of crash-looping: give
+# it time for a few restarts' worth of backoff, then read every place it reports to. "Plainly" in
+# STATUS= and the log: the exec mode's name or the agent's sentence for it.
+PLAIN_UNSUPPORTED='unsupported|cannot execute AArch32|cannot run armhf natively'
+check_unsupported_reported() {
+    systemctl restart armhf-agent
+    sleep 60
+    status_json > "$WORK/status.json"; status_rc=$?
+    cat "$WORK/status.json"
+    systemctl show -p StatusText --value armhf-agent > "$WORK/status-text.txt"
+    cat "$WORK/status-text.txt"
+    journalctl -u armhf-agent --no-pager -n 30 > "$WORK/journal.txt"
+    cat "$WORK/journal.txt"
+    scrape "$(jget metrics_url < "$WORK/status.json")" > "$WORK/metrics.txt"
+    expect "active,restarts,status-rc,exec,STATUS,log,metric" "active,0,1,unsupported,yes,yes,1" \
+        "$(systemctl is-active armhf-agent),$(systemctl show -p NRestarts --value armhf-agent),$status_rc,$(jget exec.mode < "$WORK/status.json"),$(grep -Eqi "$PLAIN_UNSUPPORTED" "$WORK/status-text.txt" && echo yes || echo no),$(grep -Eqi "$PLAIN_UNSUPPORTED" "$WORK/journal.txt" && echo yes || echo no),$(metric 'armhf_agent_exec_mode{mode="unsupported"}' < "$WORK/metrics.txt")"
+}
+
+check_doctor_unsupported() {
+    armhf-agent doctor --json > "$WORK/doctor.json"; doctor_rc=$?
+    cat "$WORK/doctor.json"
+    expect "doctor rc,aarch32-el0" "1,FAIL unsupported" \
+        "$doctor_rc,$(jget --check aarch32-el0 verdict < "$WORK/doctor.json") $(jget --check aarch32-el0 found < "$WORK/doctor.json" | cut -d: -f1)"
+}

@@ -1,0 +1,30 @@
+# Mode "agent": the project's arm64 .deb on the emulated host, as an operator would use it: install
+# the package, the payload with `armhf-agent install-docker`, let systemd run the agent; then the
+# platform probes through the agent's docker shim, the operator's commands, and repairs.
+
+. "$E2E/lib/agent-lib.sh"
+
+probe agent.deb-install install_deb
+probe agent.config configure_agent
+probe agent.install-docker install_docker
+probe agent.start start_agent
+probe agent.doctor check_doctor
+probe agent.status check_status
+probe agent.metrics check_metrics
+probe agent.server-platform check_server_platform
+probe agent.info-architecture check_info_architecture
+probe agent.import check_import
+probe agent.uname check_uname armv8l
+probe agent.config-guess check_config_guess armv8l-unknown-linux-gnueabihf
+probe agent.long-bit check_long_bit
+probe agent.dpkg-arch check_dpkg_architecture
+probe agent.cpuinfo-shim check_container_cpuinfo "arch=7 processors=$cpu_count"
+probe agent.scratch-classic check_built_variant 0 e2e-scratch-classic scratch v7
+probe agent.debian-classic check_built_variant 0 e2e-debian-classic "$IMAGE" ""
+probe agent.scratch-buildkit check_built_variant 1 e2e-scratch-buildkit scratch v7
+probe agent.buildkit-target check_buildkit_target e2e-debian-buildkit v7
+probe agent.cpuinfo-restored check_cpuinfo_restored
+probe agent.dockerd-sigkill check_dockerd_sigkill
+# SIGUSR2 is the agent's "exit, leave dockerd running" (package upgrades); Restart= brings it back.
+probe agent.detach-adopt adopt_after systemctl kill --kill-who=main --signal=USR2 armhf-agent
+probe agent.restart-adopt adopt_after systemctl restart armhf-agent
