@@ -40,3 +40,5 @@ lock:
 
 clean-deb:
 	rm -rf $(STAGE) $(DIST)
+
+include e2e/e2e.mk

@@ -6,7 +6,7 @@
 #   make e2e-arm64 DEB=path/arm64.deb    the same with a given .deb
 #   make e2e-arm64 E2E_NO_AGENT=1        platform probes only (dockerd started by hand, no .deb)
 #   make e2e-arm64 E2E_CPU=a64fx         a CPU without AArch32 at EL0 (Graviton4-like)
-# Everything is cached under .cache/e2e/, keyed on its inputs; exit 0 only if every probe passed.
+# Everything is cached under /var/cache/armhf-agent-build/e2e (ARMHF_AGENT_E2E_CACHE), keyed on its inputs; exit 0 only if every probe passed.
 E2E_CPU ?= neoverse-n1
 E2E_TIMEOUT ?= 1200
 

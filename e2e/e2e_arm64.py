@@ -23,7 +23,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-DEFAULT_CACHE = REPO / ".cache" / "e2e"
+# Outside the work tree, beside the packaging chroots: fresh clones on the same machine (CI's) reuse it.
+DEFAULT_CACHE = Path(os.environ.get("ARMHF_AGENT_E2E_CACHE", "/var/cache/armhf-agent-build/e2e"))
 # Neoverse N1 is Graviton2's core and runs AArch32 at EL0; under TCG here it was as fast as
 # cortex-a72 (agent run 344 s vs 346 s). a64fx has no AArch32 at all (reference/test-environment.md).
 DEFAULT_CPU = "neoverse-n1"
