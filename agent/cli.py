@@ -147,6 +147,12 @@ def cmd_demo(args) -> int:
     return run_demo(args.dir)
 
 
+def cmd_systemd_stop(args) -> int:
+    from .systemd_stop import systemd_stop
+
+    return systemd_stop(args.unit, args.pid)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="armhf-agent",
@@ -205,6 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "agent's) and put back a docker client the shim displaced. Used by the "
                                    "package's removal.")
     s.set_defaults(func=cmd_uninstall_files)
+
+    s = sub.add_parser("systemd-stop", help="the unit's ExecStop: restart keeps dockerd, stop stops it",
+                       description="Used as ExecStop=: on `systemctl restart` the agent exits leaving dockerd "
+                                   "(and running builds) for the new agent to adopt; on any other stop, "
+                                   "dockerd is stopped too. Waits for the agent to exit.")
+    s.add_argument("unit", help="the unit name, e.g. armhf-agent.service")
+    s.add_argument("pid", type=int, help="the agent's main pid ($MAINPID)")
+    s.set_defaults(func=cmd_systemd_stop)
 
     s = sub.add_parser("demo", help="run the agent for real on a demo config (system Docker as the payload)",
                        description="Lay out a demo under DIR (payload, config, sockets), print how to use it, "

@@ -135,7 +135,7 @@ def test_every_command_has_help():
     top = cli("--help")
     assert top.returncode == 0
     for command in ("run", "check-config", "install-docker", "render-cpuinfo", "render-shim", "status", "doctor",
-                    "uninstall-files", "demo"):
+                    "uninstall-files", "systemd-stop", "demo"):
         assert command in top.stdout
         r = cli(command, "--help")
         assert r.returncode == 0 and "usage: armhf-agent" in r.stdout, command

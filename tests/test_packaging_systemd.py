@@ -173,6 +173,17 @@ EOF""")
     assert container.exec("test", "-e", "/run/systemd/system/armhf-agent.service.d/50-upgrade-handover.conf",
                           check=False).returncode == 1
 
+    # `systemctl restart` keeps dockerd and what runs on it (ExecStop sees a restart job: SIGUSR2);
+    # the new agent adopts the same dockerd and the container never notices.
+    cid = container.exec(*INNER_DOCKER, "run", "-d", "--network", "none", "bb:local", "sleep", "600").stdout.strip()
+    agent_pid, dockerd_pid = container.prop(UNIT, "MainPID"), inner_dockerd_pid(container)
+    container.exec("systemctl", "restart", UNIT)
+    assert container.prop(UNIT, "ActiveState") == "active"
+    assert container.prop(UNIT, "MainPID") != agent_pid
+    assert inner_dockerd_pid(container) == dockerd_pid
+    assert container.exec(*INNER_DOCKER, "inspect", "-f", "{{.State.Running}}", cid).stdout.strip() == "true"
+    assert "restart: leaving dockerd running" in container.exec("journalctl", "-u", UNIT, "--no-pager").stdout
+
     # The watchdog: a hung agent (SIGSTOP) is killed and restarted by systemd. WatchdogSec is cut
     # from the unit's 60 s for the test; TimeoutAbortSec bounds the wait for the stopped process.
     container.sh("""mkdir -p /run/systemd/system/armhf-agent.service.d
