@@ -15,6 +15,9 @@ if [ "$want_tests" = 1 ]; then
     # curl: the TLS scrape; openssl: test certificates.
     # mmdebstrap: the packaging tests build and install the .deb in Debian 12 and 13 chroots.
     packages+=(qemu-user-static shellcheck openssl curl iproute2 procps mmdebstrap)
+    # The arm64 end-to-end run (make e2e-arm64): QEMU system emulation, qemu-user binfmt for the
+    # arm64/armhf chroots, disk images.
+    packages+=(qemu-system-arm qemu-utils binfmt-support e2fsprogs cpio make)
 fi
 
 missing=()
