@@ -4,6 +4,7 @@ import uuid
 
 import pytest
 
+from agentproc import AgentProcess
 from harness import Dockerd, have_docker, make_busybox_tar, new_base
 
 requires_docker = pytest.mark.skipif(not have_docker(), reason="needs root and docker.io (dockerd)")
@@ -34,3 +35,19 @@ def bare_dockerd(base, busybox_tar):
     d.docker("import", str(busybox_tar), "bb:local")
     yield d
     d.stop()
+
+
+@pytest.fixture
+def agent(base):
+    """Makes real agents (`python -m agent run`) under `base`; every one is stopped afterwards, and
+    no dockerd is left behind."""
+    procs = []
+
+    def make(**kw) -> AgentProcess:
+        a = AgentProcess(base, **kw)
+        procs.append(a)
+        return a
+
+    yield make
+    for a in procs:
+        a.stop()

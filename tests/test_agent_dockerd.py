@@ -14,25 +14,11 @@ import time
 
 import pytest
 
-from agentproc import AgentProcess, agent_config, pid_alive
+from agentproc import agent_config, pid_alive
 from conftest import requires_docker
 from harness import docker_cli, ping
 
 pytestmark = [requires_docker]
-
-
-@pytest.fixture
-def agent(base):
-    procs = []
-
-    def make(**kw) -> AgentProcess:
-        a = AgentProcess(base, **kw)
-        procs.append(a)
-        return a
-
-    yield make
-    for a in procs:
-        a.stop()
 
 
 def test_ready_only_after_ping_then_stop_cleanly(agent, busybox_tar):

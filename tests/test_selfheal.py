@@ -147,20 +147,6 @@ def report_timings():
             print(f"  {case:30s} {seconds * 1000:7.1f} ms")
 
 
-@pytest.fixture
-def agent(base):
-    procs = []
-
-    def make(**kw) -> AgentProcess:
-        a = AgentProcess(base, **kw)
-        procs.append(a)
-        return a
-
-    yield make
-    for a in procs:
-        a.stop()
-
-
 def test_container_through_the_shim_sees_the_hijacked_cpuinfo(agent, busybox_tar):
     a = agent().start()
     a.wait_running()

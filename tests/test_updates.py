@@ -16,28 +16,12 @@ import sys
 import tarfile
 from pathlib import Path
 
-import pytest
-
 from agent import payload as payloads
 from agentproc import AgentProcess, agent_config, write_config
 from conftest import requires_docker
 from harness import REPO, SYSTEM_BINARIES, make_payload, ping, wait_for, which
 
 pytestmark = [requires_docker]
-
-
-@pytest.fixture
-def agent(base):
-    procs = []
-
-    def make(**kw) -> AgentProcess:
-        a = AgentProcess(base, **kw)
-        procs.append(a)
-        return a
-
-    yield make
-    for a in procs:
-        a.stop()
 
 
 def cli(config_path: Path, *args: str) -> subprocess.CompletedProcess:
