@@ -17,6 +17,8 @@ from .state import REPAIR_REASONS, FileState
 
 log = logging.getLogger("armhf-agent.files")
 
+WRITE_RETRY_SECONDS = 1.0
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -39,6 +41,7 @@ class ManagedFile:
         self.last_repair_at: float | None = None
         self.last_problem: Problem | None = None
         self.write_error = ""
+        self.retry_at = 0.0            # after a failed write: not before this (monotonic)
         self.was_right = False         # repairs count only drift: putting a file in place the first time is installing
         self.ever_right = False
 
@@ -123,9 +126,15 @@ class ManagedFile:
         """check, then repair if needed. Returns the problem that remains (None = file is right)."""
         problem = self.check()
         if problem is not None:
+            if self.clock.monotonic() < self.retry_at:
+                self.last_problem = problem
+                return problem
             try:
                 self.repair(problem)
             except OSError:
+                # A failed write creates and removes a temp file in the watched folder, which wakes the
+                # loop again: without a pause a full disk would be retried in a tight loop.
+                self.retry_at = self.clock.monotonic() + WRITE_RETRY_SECONDS
                 self.last_problem = problem
                 return problem
             problem = self.check()

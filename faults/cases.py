@@ -324,8 +324,18 @@ def disk_full(rig: Rig) -> None:
         f.write(edited)
     rig.wait_log(mark, r"cpuinfo: cannot write %s: No space left on device \(will retry\)" % path)
     assert path.read_bytes() == edited, "the file in place was damaged by a failed repair"
-    leftovers = [n for n in os.listdir(path.parent) if n not in (path.name, "filler")]
-    assert not leftovers, f"temp files left behind: {leftovers}"
+    # A retry (one a second) may have its temp file open at the instant we look: only a temp file that
+    # stays is a leak.
+    def leftovers() -> set[str]:
+        return {n for n in os.listdir(path.parent) if n not in (path.name, "filler")}
+
+    stuck = leftovers()
+    for _ in range(5):
+        if not stuck:
+            break
+        time.sleep(0.05)
+        stuck &= leftovers()
+    assert not stuck, f"temp files left behind: {sorted(stuck)}"
     assert rig.dockerd_pid() == pid and ping(rig.sock)
     filler.unlink()
     rig.wait_log(mark, r"cpuinfo: repaired %s \(content" % path)
