@@ -74,13 +74,7 @@ class DockerApi:
         return time.monotonic() - t0, peer[0]
 
     def version(self, timeout: float) -> dict:
-        status, body = _http_get(self.sock_path, "/version", timeout)
-        if status != 200:
-            raise DockerApiError(f"/version answered HTTP {status}")
-        try:
-            return json.loads(body)
-        except ValueError as exc:
-            raise DockerApiError(f"/version: {exc}") from None
+        return self._json("/version", timeout)
 
     def _json(self, path: str, timeout: float):
         status, body = _http_get(self.sock_path, path, timeout, limit=64 << 20)
