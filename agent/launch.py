@@ -15,7 +15,9 @@ no AArch32 at EL0).
 
 import ctypes
 import ctypes.util
+import errno
 import os
+import stat
 import sys
 
 CLONE_NEWNS = 0x00020000
@@ -48,11 +50,29 @@ def check(result, what):
         die(70, f"{what}: {os.strerror(err)}")
 
 
+def open_cpuinfo(path):
+    """An O_PATH descriptor of `path`, which must be a regular file itself: the agent may look at the
+    path while it is being tampered with, and a planted symlink must never get /etc/shadow (or a
+    directory) bound over dockerd's /proc/cpuinfo. Opened in the namespace the bind happens in: mount(2)
+    refuses a bind source from another mount namespace."""
+    try:
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        die(70, f"open {path}: {exc.strerror}")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        die(70, f"{path} is not a regular file (a symlink, a directory or another type); not binding it")
+    return fd
+
+
 def bind_cpuinfo(path):
     # Read-only bind of the hijacked file over /proc/cpuinfo: runc allows /proc/cpuinfo as a mount
     # target (../shared/reference/platform.md, runc checkProcMount), and containerd reads the first
     # "CPU architecture" line of it to choose linux/arm/v7 vs v8.
-    check(libc.mount(path.encode(), b"/proc/cpuinfo", None, MS_BIND, None), f"bind {path} over /proc/cpuinfo")
+    fd = open_cpuinfo(path)
+    # The magic link binds exactly the inode checked above, whatever happens to the name meanwhile.
+    check(libc.mount(f"/proc/self/fd/{fd}".encode(), b"/proc/cpuinfo", None, MS_BIND, None),
+          f"bind {path} over /proc/cpuinfo")
+    os.close(fd)
     check(libc.mount(None, b"/proc/cpuinfo", None, MS_REMOUNT | MS_BIND | MS_RDONLY, None),
           "remount /proc/cpuinfo read-only")
 
@@ -74,7 +94,16 @@ def set_linux32():
 def rebind(pid, path):
     fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY)
     check(libc.setns(fd, CLONE_NEWNS), f"setns into the mount namespace of pid {pid}")
-    check(libc.umount2(b"/proc/cpuinfo", MNT_DETACH), "unmount the old /proc/cpuinfo")
+    # Refuse a bad source before touching the old mount: dockerd keeps seeing the old (hijacked) file.
+    os.close(open_cpuinfo(path))
+    # Peel off every bind over /proc/cpuinfo, down to procfs's own file (EINVAL: not a mount point), so
+    # a rebind after an earlier half-done one neither fails nor stacks mounts.
+    for _ in range(16):
+        if libc.umount2(b"/proc/cpuinfo", MNT_DETACH) != 0:
+            err = ctypes.get_errno()
+            if err == errno.EINVAL:
+                break
+            die(70, f"unmount the old /proc/cpuinfo: {os.strerror(err)}")
     bind_cpuinfo(path)
 
 

@@ -14,6 +14,7 @@ import os
 import select
 import signal
 import socket
+import stat
 import time
 
 from . import __version__, aarch32, payload as payloads
@@ -228,9 +229,12 @@ class Agent:
                 or self.cpuinfo_file.last_problem is not None:
             return
         try:
-            ours = os.stat(self.config.cpuinfo.path)
+            ours = os.lstat(self.config.cpuinfo.path)
             seen = os.stat(f"{self.processes.proc}/{pid}/root/proc/cpuinfo")
         except OSError:
+            return
+        # Tampered again since this step's check (a directory, a symlink): the next repair comes first.
+        if not stat.S_ISREG(ours.st_mode):
             return
         if (ours.st_dev, ours.st_ino) != (seen.st_dev, seen.st_ino):
             err = self.processes.rebind_cpuinfo(pid, self.config.cpuinfo.path)
