@@ -68,7 +68,8 @@ def test_dockerd_sigstop_is_detected_and_replaced(agent, base):
     finally:
         if pid_alive(pid):
             os.kill(pid, signal.SIGCONT)
-    assert detected <= bound + 1.0, f"hang detected after {detected:.2f}s, bound {bound}s"
+    # Slack for a loaded CI machine; bench/ measures the figure itself.
+    assert detected <= bound + 3.0, f"hang detected after {detected:.2f}s, bound {bound}s"
     assert new != pid
     assert a.state()["dockerd"]["restarts"]["hung"] == 1
 

@@ -24,7 +24,10 @@ from harness import REPO, docker_cli, make_payload, new_base, wait_for
 
 pytestmark = [requires_docker]
 
-REPAIR_BOUND_SECONDS = 1.0
+# Issue 3 promises a repair "within a second"; bench/ measures that (p50/p99). Tests do not assert on
+# speed: this bound only says the agent repaired on its own, well before its 10 s wait gives up, with room
+# for a loaded 2-core CI machine.
+REPAIR_BOUND_SECONDS = 5.0
 STAMPED = r"\d{8}T\d{6}"
 # Repair times measured in this run, printed at the end of the module (run pytest with -s to see them).
 TIMINGS: dict[str, float] = {}
