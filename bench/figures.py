@@ -42,22 +42,29 @@ def _spawn_wait(argv: list[str], devnull: int) -> float:
     return elapsed
 
 
-def shim_overhead(rig: Rig, runs: int) -> list[Row]:
-    """`docker --version` through the installed shim vs the client it execs, interleaved (the order
-    alternates every pair, so neither side always runs on a warmer cache)."""
-    client = str(rig.payload / "bin" / "docker")
-    direct_argv, shim_argv = [client, "--version"], [str(rig.shim), "--version"]
+def _interleaved(direct_argv: list[str], shim_argv: list[str], runs: int,
+                 warm_up: bool = False) -> tuple[list[float], list[float]]:
+    """Wall times of both commands, `runs` each; the order alternates every pair, so neither side
+    always runs on a warmer cache."""
     direct, shimmed = [], []
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        for argv in (direct_argv, shim_argv):     # warm-up, not counted
-            _spawn_wait(argv, devnull)
+        if warm_up:                               # not counted
+            for argv in (direct_argv, shim_argv):
+                _spawn_wait(argv, devnull)
         for i in range(runs):
             pair = (direct_argv, shim_argv) if i % 2 == 0 else (shim_argv, direct_argv)
             for argv in pair:
                 (direct if argv is direct_argv else shimmed).append(_spawn_wait(argv, devnull))
     finally:
         os.close(devnull)
+    return direct, shimmed
+
+
+def shim_overhead(rig: Rig, runs: int) -> list[Row]:
+    """`docker --version` through the installed shim vs the client it execs, interleaved."""
+    client = str(rig.payload / "bin" / "docker")
+    direct, shimmed = _interleaved([client, "--version"], [str(rig.shim), "--version"], runs, warm_up=True)
     d, s = median(direct), median(shimmed)
     ratio, extra = s / d, s - d
     own = _shim_own_cost(rig, runs)
@@ -80,16 +87,7 @@ def _shim_own_cost(rig: Rig, runs: int) -> float:
     script = rig.base / "shim-to-true"
     script.write_text(render_shim("/bin/true", str(rig.cpuinfo), str(records), __version__))
     script.chmod(0o755)
-    direct_argv, shim_argv = ["/bin/true", "--version"], [str(script), "--version"]
-    direct, shimmed = [], []
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        for i in range(runs):
-            pair = (direct_argv, shim_argv) if i % 2 == 0 else (shim_argv, direct_argv)
-            for argv in pair:
-                (direct if argv is direct_argv else shimmed).append(_spawn_wait(argv, devnull))
-    finally:
-        os.close(devnull)
+    direct, shimmed = _interleaved(["/bin/true", "--version"], [str(script), "--version"], runs)
     return median(shimmed) - median(direct)
 
 
