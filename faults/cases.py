@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from bench.figures import _exchange
+from bench.figures import _edit, _replace_with_directory as _to_directory
 from bench.rig import REPO, Rig, pid_alive, ping, wait_for
 
 
@@ -169,19 +169,6 @@ def _plant_symlink(path: Path) -> None:
     link = path.with_name(path.name + ".link")
     link.symlink_to(victim)
     os.rename(link, path)
-
-
-def _to_directory(path: Path) -> None:
-    tmp = path.with_name(path.name + ".dir")
-    tmp.mkdir()
-    (tmp / "inside").write_text("a folder where a file belongs\n")
-    _exchange(tmp, path)
-    tmp.unlink()
-
-
-def _edit(path: Path) -> None:
-    with open(path, "ab") as f:
-        f.write(b"# edited by hand\n")
 
 
 def _to_binary(path: Path) -> None:
