@@ -117,11 +117,20 @@ class DisplacedStore:
         return dest
 
     def entries(self, name: str) -> list[str]:
+        """Oldest displacement first. Not by name: stamps have one-second resolution, so names from the
+        same second sort by reason (and `.10` before `.2`). rename(2) sets the moved inode's ctime, so
+        ctime is when it was displaced."""
         try:
-            names = os.listdir(self.root)
+            names = [n for n in os.listdir(self.root) if n.startswith(name + ".") and n != f"{name}.original"]
         except FileNotFoundError:
             return []
-        return sorted(n for n in names if n.startswith(name + ".") and n != f"{name}.original")
+        when = {}
+        for n in names:
+            try:
+                when[n] = os.lstat(os.path.join(self.root, n)).st_ctime_ns
+            except FileNotFoundError:
+                continue
+        return sorted(when, key=lambda n: (when[n], n))
 
     def _prune(self, name: str) -> None:
         for old in self.entries(name)[:-self.keep]:
