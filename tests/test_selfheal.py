@@ -207,8 +207,14 @@ def test_tampering_is_repaired_and_the_displaced_thing_kept(healer, name, reason
 
     t0 = time.monotonic()
     kept_check = TAMPERS[reason](path, content)
-    wait_for(lambda: file_state(healer, name)["repairs"][reason] == before[reason] + 1 and is_right(path, content, mode),
-             10, 0.002, f"{name} repaired after {reason}")
+    try:
+        wait_for(lambda: file_state(healer, name)["repairs"][reason] == before[reason] + 1
+                 and is_right(path, content, mode), 10, 0.002, f"{name} repaired after {reason}")
+    except TimeoutError as exc:
+        # What the agent said and what is on disk: a CI failure must explain itself.
+        on_disk = os.readlink(path) if path.is_symlink() else path.lstat() if os.path.lexists(path) else "missing"
+        raise AssertionError(f"{exc}\nstate: {file_state(healer, name)}\nbefore: {before}\non disk: {on_disk}"
+                             f"\nagent log:\n{healer.log()[-3000:]}") from None
     took = time.monotonic() - t0
     TIMINGS[f"{name}/{reason}"] = took
     assert took < REPAIR_BOUND_SECONDS, f"{name}/{reason} repaired after {took:.3f}s"
