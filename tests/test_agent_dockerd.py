@@ -89,6 +89,9 @@ def test_agent_sigkill_then_restart_adopts_dockerd_and_container_survives(agent,
     running = docker_cli(b.sock, "inspect", "-f", "{{.State.Running}}", cid).stdout.strip()
     assert running == "true"
     assert "STOPPED -> STARTING" not in b.log(), "no second dockerd was started"
+    # `sleep` as PID 1 ignores SIGTERM: left running, it outlasts the tests' 5 s stop timeout, dockerd is
+    # killed mid-shutdown and its containerd-shim is orphaned on the host.
+    docker_cli(b.sock, "rm", "-f", cid)
 
 
 def test_sighup_with_broken_file_keeps_old_config_then_valid_one_applies(agent, base):
