@@ -33,14 +33,28 @@ DEFAULT_TIMEOUT_SECONDS = 1200
 # The guest prints its first E2E line ~10-40 s after QEMU starts here; a guest silent for this long
 # never booted, and waiting out the whole run would only delay the verdict.
 BOOT_TIMEOUT_SECONDS = 300
+# Every host program a run uses, with the Debian package that brings it. scripts/setup.sh --test
+# installs them; `e2e_arm64.py --check-host` (and tests/test_fresh_root.py, on a brand-new Debian
+# root) checks that it did.
 HOST_TOOLS = {
     "mmdebstrap": "mmdebstrap",
+    # mmdebstrap refuses a foreign-architecture chroot without it ("install arch-test for foreign
+    # architecture support"), and it is only a Recommends of mmdebstrap (issue 11).
+    "arch-test": "arch-test",
     "qemu-system-aarch64": "qemu-system-arm",
     "qemu-img": "qemu-utils",
     "mke2fs": "e2fsprogs",
     "cpio": "cpio",
     "dpkg-deb": "dpkg",
+    "apt-get": "apt",
     "update-binfmts": "binfmt-support",
+    # qemu-user for the arm64/armhf maintainer scripts mmdebstrap runs (registered through binfmt).
+    "qemu-aarch64-static": "qemu-user-static",
+    "git": "git",
+    "unshare": "util-linux",
+    "mount": "mount",
+    "tar": "tar",
+    "gzip": "gzip",
 }
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
 
@@ -172,12 +186,25 @@ def cached(cache: Path, name: str, key: str, build_command: list[str], timings: 
     return final
 
 
-def check_host() -> None:
-    missing = sorted({pkg for tool, pkg in HOST_TOOLS.items() if shutil.which(tool) is None})
+def missing_tools(which=shutil.which) -> dict[str, str]:
+    """tool -> package, for every host tool of HOST_TOOLS that is not on PATH."""
+    return {tool: pkg for tool, pkg in HOST_TOOLS.items() if which(tool) is None}
+
+
+def check_tools() -> None:
+    """Said before anything is built, naming each missing tool and its package: not a traceback from a
+    subprocess minutes into the run."""
+    missing = missing_tools()
     if missing:
-        raise UsageError(f"missing host tools; run: apt-get install -y {' '.join(missing)}")
+        names = ", ".join(f"{tool} ({pkg})" for tool, pkg in sorted(missing.items()))
+        raise UsageError(f"missing host tools: {names}; run: apt-get install -y "
+                         f"{' '.join(sorted(set(missing.values())))} (or scripts/setup.sh --test)")
     if os.geteuid() != 0:
         raise UsageError("must run as root (mmdebstrap chroots, mke2fs of root-owned trees)")
+
+
+def check_host() -> None:
+    check_tools()
     # mmdebstrap runs the arm64 and armhf maintainer scripts under qemu-user through binfmt_misc.
     if not (BINFMT / "status").exists():
         subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT)], check=True)
@@ -321,8 +348,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"(default {DEFAULT_CACHE})")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS,
                         help=f"seconds before QEMU is killed (default {DEFAULT_TIMEOUT_SECONDS})")
+    parser.add_argument("--check-host", action="store_true",
+                        help="only check that every host tool a run needs is installed (exit 0 or 2)")
     args = parser.parse_args(argv)
     started = time.monotonic()
+    if args.check_host:
+        try:
+            check_tools()
+        except UsageError as error:
+            print(f"e2e: {error}", file=sys.stderr)
+            return 2
+        print(f"e2e: host tools present: {', '.join(sorted(HOST_TOOLS))}")
+        return 0
     try:
         if args.deb is not None and not args.deb.is_file():
             raise UsageError(f"--deb {args.deb}: no such file")

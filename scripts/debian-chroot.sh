@@ -4,6 +4,7 @@
 #   debian-chroot.sh tarball KIND RELEASE    print the cached tarball (made with mmdebstrap if missing)
 #   debian-chroot.sh unpack KIND RELEASE DIR extract it into DIR (created, must not exist)
 #   debian-chroot.sh run DIR CMD...          run CMD in DIR, in a private mount namespace
+#   debian-chroot.sh check                   exit 0 if every host tool the above need is installed
 #
 # KIND is one of:
 #   build    buildd variant + the Build-Depends of packaging/debian/control + lintian + systemd
@@ -23,6 +24,18 @@ MIRROR=${ARMHF_AGENT_MIRROR:-http://deb.debian.org/debian}
 SECURITY_MIRROR=${ARMHF_AGENT_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 
 die() { echo "debian-chroot.sh: $*" >&2; exit 2; }
+
+# Host tools (and their packages) this script runs; `check` lists the missing ones.
+TOOLS="mmdebstrap:mmdebstrap unshare:util-linux chroot:coreutils flock:util-linux tar:tar mount:mount sha256sum:coreutils"
+
+check() {
+    local pair missing=""
+    for pair in $TOOLS; do
+        command -v "${pair%%:*}" >/dev/null || missing="$missing ${pair%%:*} (${pair#*:})"
+    done
+    [ -z "$missing" ] || die "missing host tools:$missing; run scripts/setup.sh --test"
+    echo "debian-chroot.sh: host tools present"
+}
 
 build_depends() {
     # The Build-Depends field of the control file, continuation lines joined.
@@ -125,5 +138,6 @@ case ${1:-} in
     tarball) [ $# -eq 3 ] || die "usage: $0 tarball KIND RELEASE"; tarball "$2" "$3" ;;
     unpack)  [ $# -eq 4 ] || die "usage: $0 unpack KIND RELEASE DIR"; unpack "$2" "$3" "$4" ;;
     run)     [ $# -ge 3 ] || die "usage: $0 run DIR CMD..."; shift; run "$@" ;;
-    *) die "usage: $0 tarball|unpack|run ..." ;;
+    check)   check ;;
+    *) die "usage: $0 tarball|unpack|run|check ..." ;;
 esac

@@ -16,8 +16,10 @@ if [ "$want_tests" = 1 ]; then
     # mmdebstrap: the packaging tests build and install the .deb in Debian 12 and 13 chroots.
     packages+=(qemu-user-static shellcheck openssl curl iproute2 procps mmdebstrap)
     # The arm64 end-to-end run (make e2e-arm64): QEMU system emulation, qemu-user binfmt for the
-    # arm64/armhf chroots, disk images.
-    packages+=(qemu-system-arm qemu-utils binfmt-support e2fsprogs cpio make)
+    # arm64/armhf chroots, disk images; git lists the tree it packages. arch-test is only a Recommends
+    # of mmdebstrap, which refuses a foreign-architecture chroot without it (issue 11): named here,
+    # since --no-install-recommends drops it. e2e/e2e_arm64.py --check-host lists what it needs.
+    packages+=(qemu-system-arm qemu-utils binfmt-support arch-test e2fsprogs cpio make git)
 fi
 
 missing=()
@@ -32,11 +34,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 if [ "$want_tests" = 1 ]; then
-    # promtool, without installing (and starting) a Prometheus server.
+    # promtool, without installing (and starting) a Prometheus server: Debian 13 ships it as its own
+    # package, Debian 12 only inside `prometheus`. Either is unpacked into .cache/promtool.
     if [ ! -x .cache/promtool/usr/bin/promtool ]; then
         mkdir -p .cache/promtool
-        (cd .cache/promtool && apt-get download prometheus >/dev/null 2>&1 && dpkg -x prometheus_*.deb . && rm -f prometheus_*.deb) \
-            || echo "setup: could not fetch promtool (apt-get download prometheus); its tests will say so"
+        (cd .cache/promtool && { apt-get download promtool >/dev/null 2>&1 || apt-get download prometheus >/dev/null 2>&1; } \
+            && for deb in ./*.deb; do dpkg -x "$deb" .; done && rm -f ./*.deb) \
+            || echo "setup: could not fetch promtool (apt-get download promtool or prometheus); its tests will say so"
+        [ -x .cache/promtool/usr/bin/promtool ] || echo "setup: no promtool in the downloaded package" >&2
     fi
 fi
 
