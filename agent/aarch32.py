@@ -12,17 +12,26 @@ import errno
 import os
 import struct
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
 
+from .launch import EXIT_PERSONALITY_REFUSED
+from .processes import launcher_command
+
 DEFAULT_BINFMT_ROOT = "/proc/sys/fs/binfmt_misc"
 PROBE_NAME = "armhf-agent-aarch32-probe"
 PROBE_EXIT_CODE = 42
-PER_LINUX32 = 0x0008
-ARM_HOST_MACHINES = ("aarch64", "arm64", "armv8l", "armv7l", "armv6l")
+# `uname -m` of a 64-bit Arm kernel (Linux says aarch64; arm64 is what other tools call it), and of
+# every Arm machine (a 32-bit kernel, or a reader already under PER_LINUX32 on arm64: armv8l).
+ARM64_MACHINES = ("aarch64", "arm64")
+ARM_HOST_MACHINES = ARM64_MACHINES + ("armv8l", "armv7l", "armv6l")
+
+
+def is_arm64(machine: str | None = None) -> bool:
+    """A 64-bit Arm host: where the payload must be 32-bit ARM and the cpuinfo comes from the kernel."""
+    return (machine or os.uname().machine) in ARM64_MACHINES
 
 # The probe program, ARM (A32) encoding, little-endian: exit(42) through the EABI syscall convention
 # (number in r7, `svc #0`). Only a real run can produce 42.
@@ -37,15 +46,10 @@ _PROGRAM_HEADER_SIZE = 32
 _EM_ARM = 40
 _EF_ARM_EABI_VER5 = 0x05000000
 
-# Runs in a fresh interpreter: the personality is per process and inherited by children, so the
-# agent never sets it on itself (resetting it afterwards would race with its other threads' forks).
-_PERSONALITY_SCRIPT = (
-    "import ctypes,sys\n"
-    "libc=ctypes.CDLL(None,use_errno=True)\n"
-    f"r=libc.personality({PER_LINUX32})\n"
-    "sys.stdout.write('ok' if r!=-1 else 'errno %d'%ctypes.get_errno())\n"
-)
-PERSONALITY_PROBE_ARGV = (sys.executable, "-I", "-S", "-c", _PERSONALITY_SCRIPT)
+# The exec helper's own probe, in a child: the personality is per process and inherited by children,
+# so the agent never sets it on itself (resetting it afterwards would race with its other threads'
+# forks). The same call that starts dockerd, so the probe and the start cannot disagree.
+PERSONALITY_PROBE_ARGV = tuple(launcher_command("--personality", "linux32", "--probe"))
 
 
 def probe_elf() -> bytes:
@@ -184,13 +188,13 @@ def run_personality_probe(runner: Runner) -> PersonalityOutcome:
         result = runner.run(PERSONALITY_PROBE_ARGV, timeout=10)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return PersonalityOutcome(False, None, f"personality probe did not run: {exc}")
-    out = result.stdout.strip()
-    if out == "ok":
+    if result.returncode == 0:
         return PersonalityOutcome(True, None, "personality(PER_LINUX32) ok")
-    if out.startswith("errno "):
-        code = int(out.split()[1])
-        return PersonalityOutcome(False, code, f"personality(PER_LINUX32) refused: {errno.errorcode.get(code, code)}")
-    return PersonalityOutcome(False, None, f"personality probe failed: {result.stderr.strip() or out}")
+    if result.returncode == EXIT_PERSONALITY_REFUSED:
+        # The kernel's only reason to refuse it (launch.py set_linux32): no AArch32 at EL0.
+        return PersonalityOutcome(False, errno.EINVAL, "personality(PER_LINUX32) refused: EINVAL")
+    return PersonalityOutcome(False, None, f"personality probe failed (exit {result.returncode}): "
+                                           f"{result.stderr.strip() or result.stdout.strip()}")
 
 
 @dataclass(frozen=True)
@@ -224,3 +228,32 @@ def decide(machine: str, exec_outcome: ExecOutcome, personality: PersonalityOutc
 def detect(runner: Runner, binfmt_root: str = DEFAULT_BINFMT_ROOT, machine: str | None = None) -> Aarch32Report:
     return decide(machine or os.uname().machine, run_exec_probe(runner), run_personality_probe(runner),
                   arm_handlers(binfmt_root, probe_elf()))
+
+
+class Linux32Gate:
+    """Whether dockerd may be started with its personality: the kernel is asked once (through the
+    process facade's probe) and asked again at most every RETRY_SECONDS while it refuses, so a host
+    that gains AArch32 (a hot-plugged CPU, a fixed binfmt mix-up) is noticed without a probe per step."""
+
+    RETRY_SECONDS = 60.0
+
+    def __init__(self, processes, clock, log):
+        self.processes = processes
+        self.clock = clock
+        self.log = log
+        self._cached: tuple[str, str | None, float] | None = None
+
+    def refused(self, personality: str) -> str | None:
+        """None when dockerd may start with `personality`, else why not (operator-facing)."""
+        now = self.clock.monotonic()
+        cached = self._cached
+        if cached and cached[0] == personality and (cached[1] is None or now - cached[2] < self.RETRY_SECONDS):
+            return cached[1]
+        refused = self.processes.probe_personality(personality)
+        if refused:
+            refused = (f"{refused}. This host cannot run armhf natively (see `armhf-agent doctor`); "
+                       "set docker.personality = \"none\" only for testing")
+            if not cached or cached[1] != refused:
+                self.log.error("dockerd not started: %s", refused)
+        self._cached = (personality, refused, now)
+        return refused

@@ -34,10 +34,12 @@ from typing import Any, Callable, Iterable
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from agent.clock import SystemClock
 from agent.docker_api import DockerApi, NotFound
+from agent.ratelimit import RateLimitedLog
 from agent.metrics import PREFIX, Histogram, counter
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("armhf-agent.events")
 
 RESULTS = ("success", "failure", "oom", "killed", "unknown")
 KILLED_EXIT_CODES = (128 + 9, 128 + 15)
@@ -111,8 +113,7 @@ class ContainerEventCounter(Collector):
         self._durations = Histogram()
         self._connected = False
         self._resyncs = 0
-        self._last_error_log: float | None = None
-        self._suppressed_errors = 0
+        self._errors = RateLimitedLog(log, SystemClock(), ERROR_LOG_INTERVAL_SECONDS)
         registry.register(self)
 
     # -- the pure steps (tests drive these directly) --------------------------------------------
@@ -289,13 +290,8 @@ class ContainerEventCounter(Collector):
             return changed
 
     def _log_error(self, exc: Exception) -> None:
-        now = self._clock()
-        if self._last_error_log is not None and now - self._last_error_log < ERROR_LOG_INTERVAL_SECONDS:
-            self._suppressed_errors += 1
-            return
-        suffix = f" ({self._suppressed_errors} similar errors suppressed)" if self._suppressed_errors else ""
-        log.warning("docker events: %s: %s%s", type(exc).__name__, exc, suffix)
-        self._last_error_log, self._suppressed_errors = now, 0
+        # One key: while dockerd is down every reconnect fails, each time with another errno or text.
+        self._errors("events", logging.WARNING, "docker events: %s: %s", type(exc).__name__, exc)
 
     # -- the exporter ---------------------------------------------------------------------------
 

@@ -22,6 +22,8 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .aarch32 import is_arm64
+
 VARIANTS = ("v7", "v6")
 
 # The arm and arm64 kernels align every colon at column 16 (tab stops of 8): "Serial\t\t: ",
@@ -349,7 +351,7 @@ def render_for_host(machine: str, online_cpus: int, variant: str,
     when that is impossible), else one built from its native view. armv7l/armv8l (a 32-bit kernel,
     or the agent already under linux32): the view it reads itself. Non-Arm hosts: the template.
     """
-    if machine == "aarch64":
+    if is_arm64(machine):
         compat = read_compat()
         return hijack(compat if compat is not None else to_compat(read_native()), variant, online_cpus)
     if machine in ("armv7l", "armv8l"):

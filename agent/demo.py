@@ -12,9 +12,9 @@ import shutil
 import textwrap
 
 from . import payload as payloads
+from .aarch32 import is_arm64
 from .config import load_config
 
-SYSTEM_BINARIES = ("dockerd", "containerd", "containerd-shim-runc-v2", "runc", "docker-init", "docker-proxy", "docker")
 SYSTEM_DIRS = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
 
 DEMO_CONFIG = """\
@@ -58,9 +58,9 @@ def lay_out(base: str) -> str:
     for sub in ("bin", "state", "run"):
         os.makedirs(os.path.join(base, sub), mode=0o755, exist_ok=True)
     payload = os.path.join(base, "payload")
-    if not payloads.find(payload).get("dockerd") and not payloads.host_is_arm64():
+    if not payloads.find(payload).get("dockerd") and not is_arm64():
         os.makedirs(payload, mode=0o755, exist_ok=True)
-        for name in SYSTEM_BINARIES:
+        for name in payloads.REQUIRED:
             src = _system_binary(name)
             if src and not os.path.lexists(os.path.join(payload, name)):
                 os.symlink(src, os.path.join(payload, name))

@@ -28,15 +28,20 @@ class NotFound(DockerApiError):
     pass
 
 
+def peer_pid(sock: socket.socket) -> int:
+    """SO_PEERCRED on a connected unix socket: the pid of the process that listens on it."""
+    pid, _uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                           struct.calcsize("3i")))
+    return pid
+
+
 def _http_get(sock_path: str, path: str, timeout: float, limit: int = 1 << 20,
               peer: list | None = None) -> tuple[int, bytes]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(sock_path)
         if peer is not None:
-            # SO_PEERCRED: pid, uid, gid of the process that is listening on the socket.
-            peer.append(struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                         struct.calcsize("3i")))[0])
+            peer.append(peer_pid(s))
         s.sendall(f"GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
         chunks = []
         total = 0

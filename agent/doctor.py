@@ -14,23 +14,22 @@ import os
 import re
 import shlex
 import socket
-import struct
 import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol, TextIO
 
 from agent import payload as payloads
-from agent.aarch32 import ARM_HOST_MACHINES, DEFAULT_BINFMT_ROOT, Aarch32Report, Runner, SubprocessRunner, detect
+from agent.aarch32 import (ARM_HOST_MACHINES, DEFAULT_BINFMT_ROOT, Aarch32Report, Runner, SubprocessRunner, detect,
+                           is_arm64)
 from agent.config import AgentConfig
 from agent.elf import elf_info
-from agent.status import AgentLiveness, process_cmdline, read_agent
+from agent.docker_api import peer_pid
+from agent.processes import DEFAULT_PATH, read_cmdline
+from agent.status import AgentLiveness, read_agent
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 
-# What login shells, cron and systemd services get when nobody sets PATH (Debian's /etc/profile
-# for root, systemd's compiled-in default).
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # dockerd attaches to a containerd listening here instead of starting the payload's own unless
 # --containerd is given (moby cmd/dockerd/daemon.go, systemContainerdRunning: an Lstat of the path).
 SYSTEM_CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
@@ -77,10 +76,7 @@ class RealSockets:
                 s.connect(path)
             except OSError:
                 return None
-            # SO_PEERCRED on a connected client socket names the process that called listen().
-            pid, _uid, _gid = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                                 struct.calcsize("3i")))
-            return pid
+            return peer_pid(s)
 
     def bind_error(self, host: str, port: int) -> OSError | None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -119,7 +115,7 @@ def _read(path: str) -> str:
 
 
 def check_architecture(root: HostRoot) -> Check:
-    if root.machine in ("aarch64", "arm64"):
+    if is_arm64(root.machine):
         return Check("architecture", PASS, root.machine)
     return Check("architecture", WARN, f"{root.machine}: development mode (the agent targets aarch64 hosts)",
                  "run on an aarch64 host for production")
@@ -257,7 +253,7 @@ def check_docker_socket(config: AgentConfig, root: HostRoot, live: AgentLiveness
     if dockerd and exe and os.path.realpath(dockerd) == exe:
         return Check("conflict-socket", PASS, f"the payload's dockerd (pid {pid}) answers on {path}; "
                      "the agent adopts it when it starts")
-    command = " ".join(process_cmdline(root.proc, pid) or ["?"])
+    command = " ".join(read_cmdline(root.proc, pid) or ["?"])
     return Check("conflict-socket", FAIL, f"pid {pid} ({command}) already answers on {path}",
                  "stop it (systemctl disable --now docker.service docker.socket) or set docker.host to another socket")
 

@@ -20,7 +20,7 @@ from typing import Callable
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("armhf-agent.metrics.http")
 
 DOCKERD_TIMEOUT_SECONDS = 2.0
 # A client that connects and sends nothing (or stalls a TLS handshake) gives up its thread after this.

@@ -6,11 +6,14 @@ from the packaged venv. It is a separate process rather than a preexec_fn becaus
 its pid and nothing of the launcher stays behind.
 
   launch.py [--personality linux32] [--cpuinfo FILE] -- ARGV...   set up, then exec ARGV
-  launch.py --rebind PID --cpuinfo FILE                            swap the file dockerd's namespace shows
+  launch.py --rebind PID --start-ticks N --cpuinfo FILE            swap the file dockerd's namespace shows
   launch.py --personality linux32 --probe                          exit 0 iff the kernel accepts it
 
 Exit codes: 0 probe ok, 70 set-up failed (message on stderr), 71 personality refused (EINVAL:
 no AArch32 at EL0).
+
+This file is also the one home of the personality constants and of these exit statuses: the agent
+imports them from here (agent.launch), so the script and its callers cannot disagree.
 """
 
 import ctypes
@@ -27,7 +30,12 @@ MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_SLAVE = 1 << 19
 MNT_DETACH = 0x2
+# personality(2): the low byte is the execution domain; PER_LINUX32 makes an arm64 kernel answer
+# `uname -m` with armv8l (../shared/reference/platform.md, "uname -m: aarch64 vs armv8l").
 PER_LINUX32 = 0x0008
+PER_MASK = 0xFF
+EXIT_SETUP_FAILED = 70
+EXIT_PERSONALITY_REFUSED = 71
 
 try:
     # Straight to glibc's soname: find_library() would spawn ldconfig, ~10-50 ms on every dockerd start.
@@ -47,7 +55,7 @@ def die(code, message):
 def check(result, what):
     if result != 0:
         err = ctypes.get_errno()
-        die(70, f"{what}: {os.strerror(err)}")
+        die(EXIT_SETUP_FAILED, f"{what}: {os.strerror(err)}")
 
 
 def open_cpuinfo(path):
@@ -58,9 +66,9 @@ def open_cpuinfo(path):
     try:
         fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
-        die(70, f"open {path}: {exc.strerror}")
+        die(EXIT_SETUP_FAILED, f"open {path}: {exc.strerror}")
     if not stat.S_ISREG(os.fstat(fd).st_mode):
-        die(70, f"{path} is not a regular file (a symlink, a directory or another type); not binding it")
+        die(EXIT_SETUP_FAILED, f"{path} is not a regular file (a symlink, a directory or another type); not binding it")
     return fd
 
 
@@ -87,12 +95,28 @@ def private_namespace(path):
 
 def set_linux32():
     current = libc.personality(0xFFFFFFFF)
-    if libc.personality((current & ~0xFF) | PER_LINUX32) == -1 or libc.personality(0xFFFFFFFF) & 0xFF != PER_LINUX32:
-        die(71, "personality(PER_LINUX32) refused: this CPU cannot execute AArch32 at EL0")
+    if libc.personality((current & ~PER_MASK) | PER_LINUX32) == -1 or libc.personality(0xFFFFFFFF) & PER_MASK != PER_LINUX32:
+        die(EXIT_PERSONALITY_REFUSED, "personality(PER_LINUX32) refused: this CPU cannot execute AArch32 at EL0")
 
 
-def rebind(pid, path):
-    fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY)
+def start_ticks(pid):
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    return int(raw[raw.rindex(b")") + 2:].split()[19])
+
+
+def rebind(pid, path, ticks):
+    try:
+        fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY)
+    except OSError as exc:
+        die(EXIT_SETUP_FAILED, f"open the mount namespace of pid {pid}: {exc.strerror}")
+    # The descriptor pins the namespace it was opened from; checked after the open, the start time
+    # proves it is still the dockerd the agent meant, not a process that reused its pid since.
+    if ticks is not None and start_ticks(pid) != ticks:
+        die(EXIT_SETUP_FAILED, f"pid {pid} is no longer the dockerd started at tick {ticks}; not touching it")
     check(libc.setns(fd, CLONE_NEWNS), f"setns into the mount namespace of pid {pid}")
     # Refuse a bad source before touching the old mount: dockerd keeps seeing the old (hijacked) file.
     os.close(open_cpuinfo(path))
@@ -103,12 +127,12 @@ def rebind(pid, path):
             err = ctypes.get_errno()
             if err == errno.EINVAL:
                 break
-            die(70, f"unmount the old /proc/cpuinfo: {os.strerror(err)}")
+            die(EXIT_SETUP_FAILED, f"unmount the old /proc/cpuinfo: {os.strerror(err)}")
     bind_cpuinfo(path)
 
 
 def main(argv):
-    personality = cpuinfo = rebind_pid = None
+    personality = cpuinfo = rebind_pid = ticks = None
     probe = False
     args = list(argv)
     while args and args[0] != "--":
@@ -119,13 +143,15 @@ def main(argv):
             cpuinfo = args.pop(0)
         elif opt == "--rebind":
             rebind_pid = int(args.pop(0))
+        elif opt == "--start-ticks":
+            ticks = int(args.pop(0))
         elif opt == "--probe":
             probe = True
         else:
-            die(70, f"unknown option {opt}")
+            die(EXIT_SETUP_FAILED, f"unknown option {opt}")
     command = args[1:]
     if rebind_pid is not None:
-        rebind(rebind_pid, cpuinfo)
+        rebind(rebind_pid, cpuinfo, ticks)
         return 0
     if cpuinfo:
         private_namespace(cpuinfo)
@@ -134,11 +160,11 @@ def main(argv):
     if probe:
         return 0
     if not command:
-        die(70, "no command to exec")
+        die(EXIT_SETUP_FAILED, "no command to exec")
     try:
         os.execv(command[0], command)
     except OSError as exc:
-        die(70, f"exec {command[0]}: {exc}")
+        die(EXIT_SETUP_FAILED, f"exec {command[0]}: {exc}")
 
 
 if __name__ == "__main__":

@@ -8,11 +8,11 @@ root/usr/bin, root/usr/local/bin, first hit wins.
 from __future__ import annotations
 
 import os
-import platform
 import stat
 import subprocess
 from dataclasses import dataclass
 
+from .aarch32 import is_arm64
 from .elf import elf_info
 
 REQUIRED = ("dockerd", "containerd", "containerd-shim-runc-v2", "runc", "docker-init", "docker-proxy", "docker")
@@ -58,10 +58,6 @@ def find(root: str) -> dict[str, str]:
     return found
 
 
-def host_is_arm64(machine: str | None = None) -> bool:
-    return (machine or platform.machine()) in ("aarch64", "arm64")
-
-
 def _chain(path: str) -> list[str]:
     chain = [path]
     while chain[-1] != "/":
@@ -97,7 +93,7 @@ def inspect(root: str, machine: str | None = None, allow_arch: bool = False) -> 
     missing = [n for n in REQUIRED if n not in found]
     if missing:
         problems.append(f"missing in {root}: {', '.join(missing)}")
-    arm64 = host_is_arm64(machine)
+    arm64 = is_arm64(machine)
     for name, p in found.items():
         if not os.access(p, os.X_OK):
             problems.append(f"{p} is not executable")

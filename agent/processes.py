@@ -14,10 +14,28 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .launch import EXIT_PERSONALITY_REFUSED
+
 LAUNCHER = str(Path(__file__).with_name("launch.py"))
-# Exit statuses of launch.py (see its docstring).
-LAUNCH_FAILED = 70
-PERSONALITY_REFUSED = 71
+# What login shells, cron and systemd services get when nobody sets PATH (Debian's /etc/profile for
+# root, systemd's compiled-in default): dockerd's PATH after the payload's folders, and what doctor
+# assumes a shell resolves `docker` with.
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def launcher_command(*options: str) -> list[str]:
+    """The exec helper (agent/launch.py) as a command: isolated (-I) and without site (-S), so it starts
+    fast and the same from a checkout and from the packaged venv."""
+    return [sys.executable, "-I", "-S", LAUNCHER, *options]
+
+
+def read_cmdline(proc_root: str, pid: int) -> list[str] | None:
+    """A process's argv; None when there is no such process (or it is a zombie: an empty cmdline)."""
+    try:
+        raw = Path(proc_root, str(pid), "cmdline").read_bytes()
+    except OSError:
+        return None
+    return [part.decode(errors="replace") for part in raw.split(b"\0")[:-1]] or None
 
 
 @dataclass
@@ -40,12 +58,12 @@ class Processes:
     # -- spawning ------------------------------------------------------------------------------------
     def launch(self, argv: list[str], env: dict[str, str], personality: str, cpuinfo: str | None,
                log_path: str | None) -> ProcessHandle:
-        cmd = [sys.executable, "-I", "-S", LAUNCHER]
+        options = []
         if personality == "linux32":
-            cmd += ["--personality", "linux32"]
+            options += ["--personality", "linux32"]
         if cpuinfo:
-            cmd += ["--cpuinfo", cpuinfo]
-        cmd += ["--", *argv]
+            options += ["--cpuinfo", cpuinfo]
+        cmd = launcher_command(*options, "--", *argv)
         out = open(log_path, "ab") if log_path else None
         try:
             # Own session: a Ctrl-C in the foreground demo reaches the agent, which stops dockerd itself;
@@ -61,15 +79,16 @@ class Processes:
         """None if the kernel accepts the personality, else the reason."""
         if personality != "linux32":
             return None
-        r = subprocess.run([sys.executable, "-I", "-S", LAUNCHER, "--personality", "linux32", "--probe"],
-                           capture_output=True, text=True)
+        r = subprocess.run(launcher_command("--personality", "linux32", "--probe"), capture_output=True, text=True)
         if r.returncode == 0:
             return None
         return r.stderr.strip() or f"launcher exited {r.returncode}"
 
-    def rebind_cpuinfo(self, pid: int, path: str) -> str | None:
-        r = subprocess.run([sys.executable, "-I", "-S", LAUNCHER, "--rebind", str(pid), "--cpuinfo", path],
-                           capture_output=True, text=True)
+    def rebind_cpuinfo(self, handle: ProcessHandle, path: str) -> str | None:
+        """Re-binds `path` over /proc/cpuinfo in the mount namespace of the dockerd behind `handle`.
+        Its start time goes along: the helper refuses a pid reused by another process since."""
+        r = subprocess.run(launcher_command("--rebind", str(handle.pid), "--start-ticks", str(handle.start_ticks),
+                                            "--cpuinfo", path), capture_output=True, text=True)
         return None if r.returncode == 0 else (r.stderr.strip() or f"exit {r.returncode}")
 
     def adopt(self, pid: int) -> ProcessHandle | None:
@@ -126,17 +145,35 @@ class Processes:
             return None
 
     def cmdline(self, pid: int) -> list[str]:
-        try:
-            raw = Path(self.proc, str(pid), "cmdline").read_bytes()
-        except OSError:
-            return []
-        return [a.decode(errors="replace") for a in raw.split(b"\0")[:-1]]
+        return read_cmdline(self.proc, pid) or []
 
     def personality(self, pid: int) -> int | None:
         try:
             return int(Path(self.proc, str(pid), "personality").read_text(), 16)
         except (OSError, ValueError):
             return None
+
+    def environ(self, pid: int) -> dict[str, str] | None:
+        """The environment a process was started with (/proc/PID/environ), None when unreadable."""
+        try:
+            raw = Path(self.proc, str(pid), "environ").read_bytes()
+        except OSError:
+            return None
+        pairs = (item.decode(errors="replace").partition("=") for item in raw.split(b"\0") if item)
+        return {key: value for key, _, value in pairs}
+
+    def find_process(self, exe: str, argument: str) -> int | None:
+        """A live process running `exe` with `argument` among its arguments: the dockerd an earlier agent
+        started, in the moment before it writes its pidfile."""
+        try:
+            names = [n for n in os.listdir(self.proc) if n.isdigit()]
+        except OSError:
+            return None
+        for name in names:
+            pid = int(name)
+            if self.exe(pid) == exe and argument in (read_cmdline(self.proc, pid) or ()):
+                return pid
+        return None
 
     def mount_ns(self, pid: int | str) -> str | None:
         try:
@@ -165,6 +202,6 @@ def exit_description(status: int) -> str:
             return f"killed by {signal.Signals(-status).name}"
         except ValueError:
             return f"killed by signal {-status}"
-    if status == PERSONALITY_REFUSED:
+    if status == EXIT_PERSONALITY_REFUSED:
         return "personality(PER_LINUX32) refused"
     return f"exited with status {status}"

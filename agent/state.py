@@ -17,8 +17,11 @@ from typing import Any
 SCHEMA_VERSION = 1
 STATE_FILE = "state.json"
 
+# The dockerd supervisor's states (agent/dockerd.py is the state machine); a closed label set.
+STOPPED, BLOCKED, STARTING, RUNNING, STOPPING, BACKOFF = "stopped", "blocked", "starting", "running", "stopping", "backoff"
+
 # Bounded label values (metrics rely on these sets being closed).
-DOCKERD_STATES = ("stopped", "blocked", "starting", "running", "stopping", "backoff")
+DOCKERD_STATES = (STOPPED, BLOCKED, STARTING, RUNNING, STOPPING, BACKOFF)
 RESTART_REASONS = ("exited", "hung", "update", "reload", "start_timeout")
 EXEC_MODES = ("native", "emulated", "unsupported", "unknown")
 UPDATE_RESULTS = ("applied", "rolled_back", "rejected")

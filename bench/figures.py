@@ -7,7 +7,6 @@ not counted, a dockerd that never came back): speed is reported, correctness is 
 from __future__ import annotations
 
 import concurrent.futures
-import ctypes
 import http.client
 import os
 import select
@@ -20,6 +19,8 @@ from pathlib import Path
 from agent.watch import FolderWatch
 
 from .rig import Rig, ping, proc_stat, rss_bytes, rss_parts, wait_for
+
+import tamper  # noqa: E402  (tests/tamper.py: bench.rig puts tests/ on sys.path)
 from .stats import Row, median, ms, percentile
 
 SHIM_RATIO_TARGET, SHIM_ABS_TARGET = 1.05, 0.001
@@ -93,47 +94,10 @@ def _shim_own_cost(rig: Rig, runs: int) -> float:
 
 # -- repair latency --------------------------------------------------------------------------------
 
-_libc = ctypes.CDLL("libc.so.6", use_errno=True)
-AT_FDCWD, RENAME_EXCHANGE = -100, 2
-
-
-def _exchange(a: Path, b: Path) -> None:
-    """renameat2(RENAME_EXCHANGE): swap two names in one step, so the agent never sees a moment in
-    between (unlink-then-mkdir would let it repair a "missing" file first)."""
-    if _libc.renameat2(AT_FDCWD, bytes(a), AT_FDCWD, bytes(b), RENAME_EXCHANGE) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), str(a))
-
-
-def _delete(path: Path) -> None:
-    path.unlink()
-
-
-def _edit(path: Path) -> None:
-    with open(path, "ab") as f:      # in place: the marker stays, so the agent sees "content"
-        f.write(b"# edited by hand\n")
-
-
-def _replace_with_binary(path: Path) -> None:
-    tmp = path.with_name(path.name + ".new")
-    tmp.write_bytes(Path("/bin/true").read_bytes())
-    tmp.chmod(0o755)
-    os.rename(tmp, path)
-
-
-def _replace_with_directory(path: Path) -> None:
-    tmp = path.with_name(path.name + ".dir")
-    tmp.mkdir()
-    (tmp / "inside").write_text("a folder where a file belongs\n")
-    _exchange(tmp, path)
-    # `tmp` is now the managed file the agent wrote; the agent watches only `path`, but the leftover
-    # would accumulate, so it goes (under the name it now has).
-    tmp.unlink()
-
-
-MUTATIONS = {"delete": (_delete, "missing"), "edit": (_edit, "content"),
-             "replace with binary": (_replace_with_binary, "replaced"),
-             "replace with directory": (_replace_with_directory, "directory")}
+# The same tampers the tests use (tests/tamper.py, on sys.path through bench.rig).
+MUTATIONS = {"delete": (tamper.missing, "missing"), "edit": (tamper.edited, "content"),
+             "replace with binary": (tamper.replaced, "replaced"),
+             "replace with directory": (tamper.directory, "directory")}
 
 
 def is_right(path: Path, want: bytes, mode: int) -> bool:

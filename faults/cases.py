@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from bench.figures import _edit, _replace_with_directory as _to_directory
 from bench.rig import REPO, Rig, pid_alive, ping, wait_for
+
+import tamper  # noqa: E402  (tests/tamper.py: bench.rig puts tests/ on sys.path)
 
 
 @dataclass
@@ -163,18 +164,6 @@ def payload_broken(rig: Rig) -> None:
 # -- managed files ---------------------------------------------------------------------------------
 
 
-def _plant_symlink(path: Path) -> None:
-    victim = path.parent.parent / "victim"
-    victim.write_text("must never be written through the symlink\n")
-    link = path.with_name(path.name + ".link")
-    link.symlink_to(victim)
-    os.rename(link, path)
-
-
-def _to_binary(path: Path) -> None:
-    _install(path, Path("/bin/true").read_bytes())
-
-
 def _displaced(rig: Rig) -> set[str]:
     folder = rig.base / "state" / "displaced"
     return set(os.listdir(folder)) if folder.is_dir() else set()
@@ -186,7 +175,7 @@ def file_fault(name: str, mutate: Callable[[Path], None], reason: str) -> Callab
         want, before, mark = path.read_bytes(), rig.counters(), rig.mark()
         displaced = _displaced(rig)
         pid = rig.dockerd_pid()
-        mutate(path)
+        kept_check = mutate(path, want)
         kept = r"; old kept at \S+" if reason != "missing" else ""
         rig.wait_log(mark, r"%s: repaired %s \(%s: .*%s\)" % (name, path, reason, kept))
         assert path.read_bytes() == want
@@ -200,21 +189,21 @@ def file_fault(name: str, mutate: Callable[[Path], None], reason: str) -> Callab
                 entries = [rig.base / "state" / "displaced" / n for n in moved]
                 assert any(p.read_bytes() == Path("/bin/true").read_bytes() for p in entries if p.is_file()), moved
                 assert "shim.original" not in moved
-        if reason == "symlink":
-            victim = path.parent.parent / "victim"
-            assert victim.read_text() == "must never be written through the symlink\n"
+            entries = [rig.base / "state" / "displaced" / n for n in moved]
+            assert kept_check is None or any(kept_check(p) for p in entries), \
+                f"the {reason} repair did not keep what it displaced (the symlink's target is never written)"
         assert rig.dockerd_pid() == pid
         rig.assert_nothing_lost(dockerd_restarted=False)
     return run
 
 
 for _name, _mutate, _reason, _label in (
-        ("cpuinfo", Path.unlink, "missing", "cpuinfo deleted"),
-        ("cpuinfo", _edit, "content", "cpuinfo edited"),
-        ("cpuinfo", _to_directory, "directory", "cpuinfo replaced by a directory"),
-        ("cpuinfo", _plant_symlink, "symlink", "cpuinfo: symlink planted"),
-        ("shim", Path.unlink, "missing", "shim deleted"),
-        ("shim", _to_binary, "replaced", "shim overwritten by a real binary")):
+        ("cpuinfo", tamper.missing, "missing", "cpuinfo deleted"),
+        ("cpuinfo", tamper.edited, "content", "cpuinfo edited"),
+        ("cpuinfo", tamper.directory, "directory", "cpuinfo replaced by a directory"),
+        ("cpuinfo", tamper.symlink, "symlink", "cpuinfo: symlink planted"),
+        ("shim", tamper.missing, "missing", "shim deleted"),
+        ("shim", tamper.replaced, "replaced", "shim overwritten by a real binary")):
     CASES.append(Case(_label, file_fault(_name, _mutate, _reason)))
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.launch import EXIT_PERSONALITY_REFUSED
 from agent.aarch32 import (PERSONALITY_PROBE_ARGV, PROBE_EXIT_CODE, PROBE_NAME, RunResult,
                            arm_handlers, decide, ExecOutcome, PersonalityOutcome, parse_binfmt_entry, probe_elf)
 from agent.config import AgentConfig, AgentSection, CpuinfoSection, DockerSection, MetricsSection, ShimSection
@@ -44,7 +45,10 @@ class ProbeResults:
         argv = list(argv)
         self.calls.append(argv)
         if tuple(argv) == PERSONALITY_PROBE_ARGV:
-            return RunResult(0, "ok" if self.personality_ok else f"errno {errno.EINVAL}", "")
+            # The launcher's probe: exit 0, or 71 when the kernel refuses PER_LINUX32 (agent/launch.py).
+            if self.personality_ok:
+                return RunResult(0, "", "")
+            return RunResult(EXIT_PERSONALITY_REFUSED, "", "armhf-agent launch: personality(PER_LINUX32) refused")
         if Path(argv[0]).name == PROBE_NAME:
             if not self.exec_runs:
                 raise OSError(errno.ENOEXEC, "Exec format error", argv[0])

@@ -6,7 +6,6 @@ never costs the old file; `uninstall-files` puts back the client the shim displa
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import shutil
@@ -21,6 +20,7 @@ import pytest
 from agentproc import AgentProcess, agent_config
 from conftest import requires_docker
 from harness import REPO, docker_cli, make_payload, new_base, wait_for
+from tamper import TAMPERS, plant
 
 pytestmark = [requires_docker]
 
@@ -58,70 +58,6 @@ def is_right(path: Path, content: bytes, mode: int) -> bool:
             and (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, 0, mode))
 
 
-def rename_exchange(a: Path, b: Path) -> None:
-    """Swaps two names atomically (renameat2 RENAME_EXCHANGE): a folder takes a file's place without
-    the path ever being missing, so the agent sees exactly one kind of drift."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    at_fdcwd, rename_exchange_flag = -100, 2
-    if libc.renameat2(at_fdcwd, str(a).encode(), at_fdcwd, str(b).encode(), rename_exchange_flag) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), str(a))
-
-
-def plant(path: Path, make) -> None:
-    """Builds the intruder under a hidden name in the same folder, then renames it into place."""
-    tmp = path.parent / f".planted-{path.name}"
-    make(tmp)
-    os.rename(tmp, path)
-
-
-# Each tamper returns a check of what the displaced store must now hold (None: nothing is displaced,
-# the path was empty or only its owner/mode was wrong and the rewrite replaces it).
-def tamper_missing(path: Path, content: bytes):
-    path.unlink()
-    return None
-
-
-def tamper_content(path: Path, content: bytes):
-    with open(path, "ab") as f:   # one write, in place: the agent never sees a half-edited file
-        f.write(b"edited by hand\n")
-    return lambda kept: kept.read_bytes() == content + b"edited by hand\n"
-
-
-def tamper_replaced(path: Path, content: bytes):
-    plant(path, lambda tmp: shutil.copy2("/bin/true", tmp))
-    true = Path("/bin/true").read_bytes()
-    return lambda kept: kept.read_bytes() == true
-
-
-def tamper_directory(path: Path, content: bytes):
-    folder = path.parent / f".planted-dir-{path.name}"
-    folder.mkdir()
-    (folder / "inside").write_text("kept\n")
-    rename_exchange(folder, path)
-    folder.unlink()   # the managed file, now under the hidden name
-    return lambda kept: kept.is_dir() and (kept / "inside").read_text() == "kept\n"
-
-
-def tamper_symlink(path: Path, content: bytes):
-    target = path.parent / f"symlink-target-{path.name}"
-    target.write_bytes(b"not yours\n")
-    plant(path, lambda tmp: os.symlink(target, tmp))
-    return lambda kept: kept.is_symlink() and os.readlink(kept) == str(target) and target.read_bytes() == b"not yours\n"
-
-
-def tamper_owner(path: Path, content: bytes):
-    os.chown(path, 1000, 1000)
-    return None
-
-
-def tamper_mode(path: Path, content: bytes):
-    os.chmod(path, 0o666)
-    return None
-
-
-TAMPERS = {"missing": tamper_missing, "content": tamper_content, "replaced": tamper_replaced,
-           "directory": tamper_directory, "symlink": tamper_symlink, "owner": tamper_owner, "mode": tamper_mode}
 MODES = {"cpuinfo": 0o644, "shim": 0o755}
 
 
