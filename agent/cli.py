@@ -34,8 +34,14 @@ def setup_logging(debug: bool = False) -> None:
     root.setLevel(logging.DEBUG if debug else logging.INFO)
 
 
-def _load(args) -> LoadedConfig:
-    path, explicit = resolve_path(args.config)
+def _load(args, defaults_if_missing: bool = False) -> LoadedConfig:
+    """The config the command works on. With `defaults_if_missing`, an absent *default* file (no
+    --config, no $ARMHF_AGENT_CONFIG) means the built-in defaults: the operator's commands (render-*,
+    status, doctor) work on a host where the package's conffile was never installed or was removed.
+    The daemon and check-config insist on the file; an explicitly named file must always exist."""
+    path, explicit = resolve_path(getattr(args, "config", None))
+    if defaults_if_missing and not explicit and not os.path.lexists(path):
+        return load_config(None)
     return load_config(path, explicit=explicit)
 
 
@@ -69,7 +75,7 @@ def cmd_render_cpuinfo(args) -> int:
     from . import cpuinfo
     from .hijack import CpuinfoSource
 
-    config = _load(args).config
+    config = _load(args, defaults_if_missing=True).config
     if args.from_file:
         try:
             text = open(args.from_file, encoding="utf-8").read()
@@ -83,13 +89,14 @@ def cmd_render_cpuinfo(args) -> int:
 
 
 def cmd_render_shim(args) -> int:
-    from . import payload
-    from .shimfile import records_path, shim_content
+    from . import aarch32, payload
+    from .shimfile import records_path, shim_client, shim_content
 
-    config = _load(args).config
-    client = config.shim.client or payload.inspect(config.docker.root).client
+    config = _load(args, defaults_if_missing=True).config
+    report = aarch32.detect(aarch32.SubprocessRunner())
+    client, why_not = shim_client(config, payload.inspect(config.docker.root), report.mode, report.detail)
     if not client:
-        print(f"armhf-agent: no docker client in {config.docker.root} and shim.client is unset", file=sys.stderr)
+        print(f"armhf-agent render-shim: no shim to render: {why_not}", file=sys.stderr)
         return 1
     sys.stdout.write(shim_content(client, config.cpuinfo.path, records_path(config), __version__).decode())
     return 0
@@ -108,31 +115,42 @@ def cmd_install_docker(args) -> int:
 
 
 def cmd_uninstall_files(args) -> int:
-    from .fsops import DisplacedStore
-    from .managed import ManagedFile
-    from .hijack import cpuinfo_marker
-    from .shimfile import SHIM_MARKER
+    """Every managed file is handled even when one fails (the package's removal runs this once)."""
     from .clock import SystemClock
+    from .fsops import DisplacedStore
+    from .managed import MANAGED_FILES, ManagedFile
 
-    config = _load(args).config
+    config = _load(args, defaults_if_missing=True).config
     store = DisplacedStore(config.agent.state_dir)
-    for name, path, marker in (("shim", config.shim.path, SHIM_MARKER),
-                               ("cpuinfo", config.cpuinfo.path, cpuinfo_marker())):
-        print(ManagedFile(name, path, 0o644, marker, store, SystemClock()).remove())
-    return 0
+    failed = 0
+    for spec in MANAGED_FILES:
+        path = spec.path_of(config)
+        try:
+            print(ManagedFile(spec, path, store, SystemClock()).remove())
+        except OSError as exc:
+            failed += 1
+            print(f"armhf-agent uninstall-files: {spec.name} {exc.filename or path}: {exc.strerror or exc}",
+                  file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_status(args) -> int:
-    from .status import status_command
+    from .status import EXIT_UNKNOWN, status_command
 
-    return status_command(_load(args).config, args.json, sys.stdout)
+    try:
+        config = _load(args, defaults_if_missing=True).config
+    except ConfigError as exc:
+        # LSB: status exits 4 ("unknown") when it cannot tell, never with the config error code.
+        _config_error(exc)
+        return EXIT_UNKNOWN
+    return status_command(config, args.json, sys.stdout)
 
 
 def cmd_doctor(args) -> int:
     from .doctor import doctor_command
 
     try:
-        config, error = _load(args).config, None
+        config, error = _load(args, defaults_if_missing=True).config, None
     except ConfigError as exc:
         from .config import AgentConfig
 
@@ -153,13 +171,19 @@ def cmd_systemd_stop(args) -> int:
     return systemd_stop(args.unit, args.pid)
 
 
+def _config_option(parser: argparse.ArgumentParser, top: bool) -> None:
+    # Accepted before and after the command (`armhf-agent status --config X`); SUPPRESS keeps a value
+    # given before the command from being reset by the subcommand's default.
+    parser.add_argument("--config", metavar="PATH", default=None if top else argparse.SUPPRESS,
+                        help="config file (default: $ARMHF_AGENT_CONFIG, else /etc/armhf-agent/agent.toml)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="armhf-agent",
         description="Supervises a native armhf (linux/arm/v7) dockerd on 64-bit Arm hosts, keeps the "
                     "hijacked /proc/cpuinfo and the docker shim in place, exports metrics.")
-    p.add_argument("--config", metavar="PATH",
-                   help="config file (default: $ARMHF_AGENT_CONFIG, else /etc/armhf-agent/agent.toml)")
+    _config_option(p, top=True)
     p.add_argument("--version", action="version", version=f"armhf-agent {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -217,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(and running builds) for the new agent to adopt; on any other stop, "
                                    "dockerd is stopped too. Waits for the agent to exit.")
     s.add_argument("unit", help="the unit name, e.g. armhf-agent.service")
-    s.add_argument("pid", type=int, help="the agent's main pid ($MAINPID)")
+    # systemd drops an empty $MAINPID (the agent already exited: an upgrade handover, a manual TERM).
+    s.add_argument("pid", type=int, nargs="?", help="the agent's main pid ($MAINPID); absent when it already exited")
     s.set_defaults(func=cmd_systemd_stop)
 
     s = sub.add_parser("demo", help="run the agent for real on a demo config (system Docker as the payload)",
@@ -226,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dir", default="/var/lib/armhf-agent-demo", help="demo folder (default: %(default)s)")
     s.add_argument("--debug", action="store_true", help="log debug messages")
     s.set_defaults(func=cmd_demo)
+    for sub_parser in sub.choices.values():
+        _config_option(sub_parser, top=False)
     return p
 
 
@@ -235,6 +262,14 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as exc:
         return _config_error(exc)
+    except PermissionError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"armhf-agent {args.command}: permission denied{where}: run it as root", file=sys.stderr)
+        return 77    # EX_NOPERM
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"armhf-agent {args.command}: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

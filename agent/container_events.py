@@ -90,9 +90,9 @@ def since_param(ns: int) -> str:
 class ContainerEventCounter(Collector):
     """Follows dockerd's container events in a thread; exports started/exited counts and run durations.
 
-    `client_factory` returns a DockerApi for the current dockerd socket without talking to the
-    daemon (give it an explicit API version); `clock` returns wall-clock seconds since epoch, the clock
-    dockerd stamps its events with.
+    `client_factory` returns a DockerApi (agent/docker_api.py) for the current dockerd socket; making
+    one never talks to the daemon. `clock` returns wall-clock seconds since epoch, the clock dockerd
+    stamps its events with.
     """
 
     def __init__(self, client_factory: Callable[[], DockerApi], clock: Callable[[], float],

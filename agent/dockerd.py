@@ -4,8 +4,11 @@
        ^                  |  \\--exit--> BACKOFF                |  \\--hung / restart--> STOPPING
        |                  \\--start timeout--> STOPPING          |                          |
        +------------------------------------------------ exit --+--------------------------+
-    BLOCKED: cannot start (payload missing or unsafe, personality refused); left as soon as the
-             cause is gone.
+    BLOCKED: cannot start (payload missing or unsafe, personality refused, a foreign dockerd holds
+             the pidfile); left as soon as the cause is gone.
+    adopt:   at agent start, the pidfile's dockerd of this payload becomes ours: RUNNING once it answers,
+             STARTING while it may still be starting (younger than the start timeout), else RUNNING with
+             its pings failing, so a hung one is replaced by the hang rule (never left unsupervised).
 
 The loop shell (agent.loop) calls `step()` whenever it wakes; step never sleeps, it returns how long
 until it next needs to run. Side effects go through the Processes and DockerApi facades and the
@@ -15,16 +18,20 @@ clock, so the unit tests drive it with fakes and an injected clock.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from dataclasses import dataclass
 
 from .backoff import Backoff
-from .processes import ProcessHandle, exit_description
-from .state import RESTART_REASONS, DockerdState
+from .launch import PER_LINUX32, PER_MASK
+from .processes import DEFAULT_PATH, ProcessHandle, exit_description
+from .ratelimit import RateLimitedLog
+from .state import BACKOFF, BLOCKED, RESTART_REASONS, RUNNING, STARTING, STOPPED, STOPPING, DockerdState
 
 log = logging.getLogger("armhf-agent.dockerd")
 
-STOPPED, BLOCKED, STARTING, RUNNING, STOPPING, BACKOFF = "stopped", "blocked", "starting", "running", "stopping", "backoff"
+__all__ = ["BACKOFF", "BLOCKED", "RUNNING", "STARTING", "STOPPED", "STOPPING", "DockerdSpec", "DockerdSupervisor",
+           "Timings"]
 # How often to poll while STARTING: a refused connect on a unix socket costs microseconds, and every
 # poll interval is added to crash recovery.
 START_POLL_SECONDS = 0.02
@@ -33,6 +40,11 @@ START_POLL_SECONDS = 0.02
 # "still running" and waits 15 s for it (seen here: crash recovery 16 s instead of 0.3 s). So a start
 # after an exit waits, without blocking the loop, until that containerd is gone (bounded).
 CONTAINERD_EXIT_WAIT_SECONDS = 5.0
+
+
+# Variables that must not reach dockerd: with NOTIFY_SOCKET set it sends its own READY=1/STOPPING=1
+# to our unit (../shared/reference/packaging-and-systemd.md).
+SCRUBBED_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,27 @@ class DockerdSpec:
     pidfile: str
     containerd_pidfile: str      # the containerd dockerd manages (<exec-root>/containerd/containerd.pid)
 
+    @classmethod
+    def from_config(cls, config, payload, environ: dict[str, str], path_first: tuple[str, ...] = ()) -> "DockerdSpec":
+        """dockerd's argv and environment for this config and payload. `path_first`: folders put before
+        the payload's on PATH (the runtime wrapper's)."""
+        d = config.docker
+        argv = [payload.dockerd, "-H", d.host, "--data-root", d.data_root, "--exec-root", d.exec_root,
+                "--pidfile", d.pidfile]
+        if config.metrics.docker_metrics:
+            argv += ["--metrics-addr", config.metrics.docker_metrics_listen]
+        argv += list(d.args)
+        env = {k: v for k, v in environ.items() if k not in SCRUBBED_ENV}
+        # The payload's folders first: dockerd finds containerd, runc, docker-init, docker-proxy on PATH.
+        env["PATH"] = ":".join([*path_first, *payload.path_dirs(), env.get("PATH") or DEFAULT_PATH])
+        return cls(dockerd=payload.dockerd, argv=tuple(argv), env=tuple(sorted(env.items())),
+                   personality=d.personality, cpuinfo=config.cpuinfo.path if config.cpuinfo.daemon else None,
+                   socket_path=d.socket_path, pidfile=d.pidfile,
+                   containerd_pidfile=os.path.join(d.exec_root, "containerd", "containerd.pid"))
+
+    def environ(self) -> dict[str, str]:
+        return dict(self.env)
+
 
 @dataclass
 class Timings:
@@ -59,6 +92,14 @@ class Timings:
     backoff_initial: float
     backoff_max: float
     stable_seconds: float
+
+    @classmethod
+    def from_config(cls, config) -> "Timings":
+        d = config.docker
+        return cls(health_interval=d.health_interval_seconds, health_timeout=d.health_timeout_seconds,
+                   health_failures=d.health_failures, start_timeout=d.start_timeout_seconds,
+                   stop_timeout=d.stop_timeout_seconds, backoff_initial=d.restart_backoff_initial_seconds,
+                   backoff_max=d.restart_backoff_max_seconds, stable_seconds=d.restart_stable_seconds)
 
 
 @dataclass
@@ -73,6 +114,10 @@ class _Run:
     next_ping: float = 0.0
     stop_sent: float | None = None
     killed: bool = False
+    # Why an adopted dockerd is not the one the config asks for (None: it is, or not adopted):
+    # "binary" (its executable was replaced: an update), "arguments", "personality", "namespace",
+    # "environment". The loop decides what to do about it (agent.loop, one owner of restarts).
+    mismatch: str | None = None
 
 
 class DockerdSupervisor:
@@ -98,6 +143,7 @@ class DockerdSupervisor:
         self.ping_ok = False
         self.ping_seconds: float | None = None
         self.foreign_pings = 0
+        self.errors = RateLimitedLog(log, clock)
         self.adopted = False
 
     # -- inputs from the loop ------------------------------------------------------------------------
@@ -115,14 +161,71 @@ class DockerdSupervisor:
         if self.run is not None and self.state in (STARTING, RUNNING):
             self._begin_stop(reason)
 
-    def adopt(self, handle: ProcessHandle, spec_matches: bool) -> None:
-        # STOPPED -> RUNNING: adopted only once its socket answered (checked by the caller).
+    def adopt_existing(self, pidfile: str, expected_exe: str | None) -> bool:
+        """At agent start, before anything is launched: the dockerd a previous agent left running
+        (named by the pidfile, or, while it has not written one yet, found by its executable and
+        --pidfile argument) becomes ours if it runs `expected_exe`, the payload's dockerd. A restarted
+        agent never kills, duplicates or abandons a running daemon; whatever it finds it supervises:
+        answering -> RUNNING; silent and younger than the start timeout -> STARTING (an agent restarted
+        while dockerd started); silent and older -> RUNNING with a failed ping counted, so the hang
+        rule replaces it. How it differs from the config is recorded in run.mismatch for the loop."""
+        pid = self.processes.read_pidfile(pidfile)
+        if pid is None and expected_exe:
+            pid = self.processes.find_process(os.path.realpath(expected_exe), pidfile)
+        if not pid:
+            return False
+        exe = self.processes.exe(pid) or ""
+        replaced = exe.endswith(" (deleted)")
+        exe = exe.removesuffix(" (deleted)")
+        if not expected_exe or os.path.realpath(expected_exe) != exe:
+            log.info("pidfile %s names pid %d (%s), not this payload's dockerd: not adopting", pidfile, pid,
+                     exe or "not running")
+            return False
+        handle = self.processes.adopt(pid)
+        if handle is None:
+            return False
         now = self.clock.monotonic()
-        self.run = _Run(handle=handle, spec=self.spec if spec_matches else None, began=now,
-                        running_since=now, next_ping=now + self.t.health_interval)
+        started = self.processes.start_time(handle)
+        age = max(0.0, self.clock.time() - started) if started is not None else self.t.start_timeout
+        mismatch = "binary" if replaced else self._mismatch(pid)
+        run = self.run = _Run(handle=handle, spec=self.spec if mismatch is None else None, began=now - age,
+                              mismatch=mismatch)
         self.adopted = True
-        self.ping_ok = True
-        self._to(RUNNING, f"adopted running dockerd pid {handle.pid}")
+        if self._ping(self.t.health_timeout):
+            run.running_since, run.next_ping = now, now + self.t.health_interval
+            # STOPPED -> RUNNING
+            self._to(RUNNING, f"adopted running dockerd pid {pid}")
+        elif age < self.t.start_timeout:
+            # STOPPED -> STARTING: its start timeout counts from its own start, not from the adoption.
+            self._to(STARTING, f"adopted dockerd pid {pid}, not answering yet (up {age:.0f}s; start timeout "
+                               f"{self.t.start_timeout:g}s)")
+        else:
+            run.running_since, run.failures, run.next_ping = now, 1, now + self.t.health_interval
+            # STOPPED -> RUNNING: old enough to have answered before; a hung one is stopped by the hang rule.
+            self._to(RUNNING, f"adopted dockerd pid {pid}, not answering (up {age:.0f}s): replaced if it stays "
+                              f"silent for {self.t.health_failures} pings")
+        if mismatch:
+            log.info("dockerd: adopted pid %d differs from the config (%s)", pid, mismatch)
+        return True
+
+    def _mismatch(self, pid: int) -> str | None:
+        """How a running dockerd differs from the spec: what restarting it would change."""
+        spec = self.spec
+        if spec is None:
+            return None       # nothing to compare with (blocked): it keeps running on what it loaded
+        if self.processes.cmdline(pid) != list(spec.argv):
+            return "arguments"
+        persona = self.processes.personality(pid)
+        if persona is not None and ((persona & PER_MASK) == PER_LINUX32) != (spec.personality == "linux32"):
+            return "personality"
+        private = self.processes.mount_ns(pid) != self.processes.mount_ns("self")
+        if private != (spec.cpuinfo is not None):
+            return "namespace"
+        env = self.processes.environ(pid)
+        wanted = spec.environ().get("PATH", "")
+        if env is not None and env.get("PATH", "") != wanted:
+            return "environment"
+        return None
 
     def shutdown(self) -> None:
         """Stop for good (agent exit): graceful stop, no restart."""
@@ -168,8 +271,30 @@ class DockerdSupervisor:
             return self.retry_at - now
         if now < self.orphan_wait_until and self._managed_containerd_alive():
             return 0.02
+        held = self._pidfile_holder()
+        if held:
+            if self.state != BLOCKED or self.reason != held:
+                # STOPPED/BACKOFF -> BLOCKED: a dockerd started now would only exit on the pidfile.
+                self._to(BLOCKED, held)
+            return self.t.health_interval
         self._start(now)
         return START_POLL_SECONDS
+
+    def _pidfile_holder(self) -> str | None:
+        """Why the pidfile keeps our dockerd from starting, or None. dockerd refuses to start while its
+        pidfile names a live process, whatever that process is: another dockerd is a conflict to report
+        (never ours to kill); any other program there is a reused pid, and the stale file is removed."""
+        pid = self.processes.read_pidfile(self.spec.pidfile)
+        if not pid or self.processes.state(pid) in (None, "Z"):
+            return None
+        exe = (self.processes.exe(pid) or "").removesuffix(" (deleted)")
+        if os.path.basename(exe).startswith("dockerd"):
+            return (f"pidfile {self.spec.pidfile} is held by another dockerd (pid {pid}, {exe}): stop it, or give "
+                    "docker.pidfile a path of its own")
+        log.warning("dockerd: pidfile %s names pid %d (%s), not a dockerd: removing the stale file", self.spec.pidfile,
+                    pid, exe or "unknown")
+        self.processes.remove_file(self.spec.pidfile)
+        return None
 
     def _start(self, now: float) -> None:
         spec = self.spec
@@ -309,12 +434,12 @@ class DockerdSupervisor:
             # Another daemon (the distribution's docker.service, a leftover dockerd) answers on our
             # socket: that is not our dockerd being healthy.
             self.foreign_pings += 1
-            if self.foreign_pings == 1 or self.foreign_pings % 100 == 0:
-                log.error("dockerd: pid %s answers on %s, not ours (pid %s): stop it (systemctl disable "
-                          "--now docker.service docker.socket?)", answering, self.api.sock_path, pid)
+            self.errors("foreign", logging.ERROR, "dockerd: pid %s answers on %s, not ours (pid %s): stop it "
+                        "(systemctl disable --now docker.service docker.socket?)", answering, self.api.sock_path, pid)
             self.ping_ok = False
             return False
         self.foreign_pings = 0
+        self.errors.clear("foreign")
         self.ping_seconds = latency
         self.ping_ok = True
         return True

@@ -116,6 +116,40 @@ class DisplacedStore:
         self._prune(name)
         return dest
 
+    def restore(self, kept: str, path: str) -> None:
+        """Puts a displaced thing back at `path` (uninstall). The store may be on another filesystem
+        than `path` (/var vs /usr/local): across filesystems it is copied into the folder first, under
+        a temporary name, and renamed into place, so `path` is never half-written and `kept` is
+        removed only once the copy is in place (issue 12: a bare rename raised EXDEV at `apt purge`
+        and the original docker client was lost)."""
+        try:
+            os.rename(kept, path)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+        tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.armhf-agent-{os.getpid()}.restore")
+        st = os.lstat(kept)
+        try:
+            if os.path.islink(kept):
+                os.symlink(os.readlink(kept), tmp)
+            elif os.path.isdir(kept):
+                shutil.copytree(kept, tmp, symlinks=True)
+            else:
+                shutil.copy2(kept, tmp, follow_symlinks=False)
+            os.lchown(tmp, st.st_uid, st.st_gid)
+            os.rename(tmp, path)
+        except BaseException:
+            if os.path.isdir(tmp) and not os.path.islink(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)
+            elif os.path.lexists(tmp):
+                os.unlink(tmp)
+            raise
+        if os.path.isdir(kept) and not os.path.islink(kept):
+            shutil.rmtree(kept)
+        else:
+            os.unlink(kept)
+
     def entries(self, name: str) -> list[str]:
         """Oldest displacement first. Not by name: stamps have one-second resolution, so names from the
         same second sort by reason (and `.10` before `.2`). rename(2) sets the moved inode's ctime, so

@@ -9,22 +9,16 @@ drives `make -j` in many builds).
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
-import sys
 from pathlib import Path
 
 from . import cpuinfo
-from .processes import LAUNCHER
-
-
-def cpuinfo_marker() -> bytes:
-    # Every file we render starts with processor 0: an edited copy still has it ("content"),
-    # anything else is a foreign file ("replaced").
-    return b"processor\t: 0"
+from .processes import launcher_command
 
 
 def read_compat_view() -> str | None:
-    r = subprocess.run([sys.executable, "-I", "-S", LAUNCHER, "--personality", "linux32", "--", "/bin/cat", "/proc/cpuinfo"],
+    r = subprocess.run(launcher_command("--personality", "linux32", "--", "/bin/cat", "/proc/cpuinfo"),
                        capture_output=True, text=True)
     return r.stdout if r.returncode == 0 else None
 
@@ -61,3 +55,17 @@ def containerd_variant_of_pid(pid: int | None, proc_root: str = "/proc") -> str:
     except OSError:
         return ""
     return cpuinfo.containerd_variant(text)
+
+
+def daemon_view_stale(path: str, pid: int, proc_root: str = "/proc") -> bool:
+    """dockerd's bind mount pins an inode: after any rewrite of the file (regenerated, repaired, or
+    written while an adopted dockerd was running) dockerd would keep seeing the old one. True when
+    what dockerd sees at /proc/cpuinfo (through /proc/PID/root) is not the file at `path`, and `path`
+    is a regular file a re-bind could take (tampered again since the check, a directory or a
+    symlink, it is not: the next repair comes first)."""
+    try:
+        ours = os.lstat(path)
+        seen = os.stat(f"{proc_root}/{pid}/root/proc/cpuinfo")
+    except OSError:
+        return False
+    return stat.S_ISREG(ours.st_mode) and (ours.st_dev, ours.st_ino) != (seen.st_dev, seen.st_ino)

@@ -1,69 +1,53 @@
 """The agent: one loop, one step at a time.
 
-`Agent.run()` is the shell: signals, waiting, shutdown. `Agent.step()` is one pass: reload if asked,
-look at the payload, keep the managed files right, advance the dockerd state machine, publish a
-snapshot, tell systemd. Signal handlers only set flags (and wake the loop through the wakeup fd);
-the loop acts on them.
+`Agent.run()` is the shell: the single-instance lock, signals, waiting, shutdown. `Agent.step()` is one
+pass: reload if asked, look at the payload, keep the managed files right, decide restarts, advance the
+dockerd state machine, publish a snapshot, tell systemd. Signal handlers only set flags (and wake the
+loop through the wakeup fd); the loop acts on them. Each phase of a step is isolated: one that raises
+is logged and reported, and the others (supervision above all) still run.
 """
 
 from __future__ import annotations
 
-import grp
 import logging
 import os
 import select
 import signal
 import socket
-import stat
-import time
 
-from . import __version__, aarch32, payload as payloads
+from . import __version__, aarch32
 from .clock import SystemClock
-from .config import AgentConfig, ConfigError, LoadedConfig, load_config
+from .config import ConfigError, LoadedConfig, load_config
 from .cpuinfo import CpuinfoError
 from .docker_api import DockerApi
-from .dockerd import RUNNING, STOPPED, BLOCKED, DockerdSpec, DockerdSupervisor, Timings
+from .dockerd import DockerdSpec, DockerdSupervisor, Timings
 from .fsops import DisplacedStore, atomic_write
-from .hijack import CpuinfoSource, cpuinfo_marker, containerd_variant_of_pid
-from .managed import ManagedFile
+from .hijack import CpuinfoSource, containerd_variant_of_pid, daemon_view_stale
+from .instance import InstanceLock, InstanceLocked
+from .managed import CPUINFO, MANAGED_FILES, SHIM, ManagedFile
 from .notify import Notifier
 from .processes import Processes
 from .ratelimit import RateLimitedLog
-from .shimfile import SHIM_MARKER, records_path, shim_content
-from .state import RELOAD_RESULTS, STATE_FILE, Snapshot
-from .updates import PayloadTracker
+from .shim_records import ensure_records_file, records_path
+from .shimfile import shim_client, shim_content
+from .state import BACKOFF, BLOCKED, RELOAD_RESULTS, RUNNING, STARTING, STATE_FILE, STOPPED, Snapshot
+from .status import status_line
+from .updates import UPDATE_READY, Observation, PayloadTracker
 from .watch import FolderWatch
 
 log = logging.getLogger("armhf-agent")
 
-# Variables that must not reach dockerd: with NOTIFY_SOCKET set it sends its own READY=1/STOPPING=1
-# to our unit (../shared/reference/packaging-and-systemd.md).
-SCRUBBED_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
-
-
-def timings(config: AgentConfig) -> Timings:
-    d = config.docker
-    return Timings(health_interval=d.health_interval_seconds, health_timeout=d.health_timeout_seconds,
-                   health_failures=d.health_failures, start_timeout=d.start_timeout_seconds,
-                   stop_timeout=d.stop_timeout_seconds, backoff_initial=d.restart_backoff_initial_seconds,
-                   backoff_max=d.restart_backoff_max_seconds, stable_seconds=d.restart_stable_seconds)
-
-
-def dockerd_spec(config: AgentConfig, payload: payloads.Payload, environ: dict[str, str]) -> DockerdSpec:
-    d = config.docker
-    argv = [payload.dockerd, "-H", d.host, "--data-root", d.data_root, "--exec-root", d.exec_root,
-            "--pidfile", d.pidfile]
-    if config.metrics.docker_metrics:
-        argv += ["--metrics-addr", config.metrics.docker_metrics_listen]
-    argv += list(d.args)
-    env = {k: v for k, v in environ.items() if k not in SCRUBBED_ENV}
-    # The payload's folders first: dockerd finds containerd, runc, docker-init, docker-proxy on PATH.
-    env["PATH"] = ":".join(payload.path_dirs() + [env.get("PATH") or "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"])
-    return DockerdSpec(dockerd=payload.dockerd, argv=tuple(argv), env=tuple(sorted(env.items())),
-                       personality=d.personality,
-                       cpuinfo=config.cpuinfo.path if config.cpuinfo.daemon else None,
-                       socket_path=d.socket_path, pidfile=d.pidfile,
-                       containerd_pidfile=os.path.join(d.exec_root, "containerd", "containerd.pid"))
+# The exec-mode probe (native / emulated / unsupported) runs at start and this often after: a qemu-arm
+# binfmt registration can appear at any time.
+EXEC_PROBE_SECONDS = 600.0
+# How much longer than the remaining dockerd start (or stop) time systemd is asked to wait, and how
+# often it is asked again (EXTEND_TIMEOUT_USEC must arrive before the extended timeout ends).
+EXTEND_MARGIN_SECONDS = 30.0
+EXTEND_EVERY_SECONDS = 5.0
+# The dockerd states after which the unit is ready: dockerd answers, or the reason it cannot (blocked,
+# crash-looping in backoff) is reported. Waiting for RUNNING alone made a dockerd that crash-loops at
+# boot fail the unit's start every TimeoutStartSec and block apt (issue 12).
+READY_STATES = (RUNNING, BLOCKED, BACKOFF)
 
 
 class Agent:
@@ -85,43 +69,48 @@ class Agent:
         self.platform: dict[str, str] = {}
         self.platform_pid: int | None = None
         self.exec_mode = ("unknown", "")
+        self.phase_failures: dict[str, str] = {}
         self.metrics_factory = metrics_factory
         self.metrics = None
-        self._build()
-
-    # -- construction / reconfiguration ------------------------------------------------------------
-    def _build(self) -> None:
+        self.latest: Snapshot | None = None
+        self._next_full = 0.0
+        self._next_exec_probe = 0.0
+        self._next_extend = 0.0
         c = self.config
         self.api = DockerApi(c.docker.socket_path)
         self.store = DisplacedStore(c.agent.state_dir, clock=self.clock)
         self.cpuinfo_source = CpuinfoSource(c.cpuinfo.variant, self.processes)
-        self.cpuinfo_file = ManagedFile("cpuinfo", c.cpuinfo.path, 0o644, cpuinfo_marker(), self.store, self.clock)
-        self.shim_file = ManagedFile("shim", c.shim.path, 0o755, SHIM_MARKER, self.store, self.clock)
-        if not hasattr(self, "supervisor"):
-            self.supervisor = DockerdSupervisor(timings(c), self.processes, self.api, self.clock)
-        else:
-            self.supervisor.api = self.api
-        self.supervisor.log_path = c.docker.log_file or None
-        self.tracker = PayloadTracker(c, self.clock, self.processes)
+        self.files = {spec.name: ManagedFile(spec, spec.path_of(c), self.store, self.clock) for spec in MANAGED_FILES}
+        self.supervisor = DockerdSupervisor(Timings.from_config(c), self.processes, self.api, self.clock,
+                                            c.docker.log_file or None)
+        self.tracker = PayloadTracker(c, self.clock)
+        self.linux32 = aarch32.Linux32Gate(self.processes, self.clock, log)
 
+    @property
+    def cpuinfo_file(self) -> ManagedFile:
+        return self.files[CPUINFO.name]
+
+    @property
+    def shim_file(self) -> ManagedFile:
+        return self.files[SHIM.name]
+
+    # -- reconfiguration ---------------------------------------------------------------------------
     def _apply_config(self, loaded: LoadedConfig) -> None:
-        old = self.config
-        self.loaded, self.config = loaded, loaded.config
-        if (old.cpuinfo, old.shim, old.agent, old.docker.root) != (self.config.cpuinfo, self.config.shim,
-                                                                     self.config.agent, self.config.docker.root):
-            before = (self.cpuinfo_file, self.shim_file, self.tracker)
-            self._build()
-            # Counters never go backwards: the rebuilt resources inherit what the old ones counted.
-            for old_file, new_file in zip(before[:2], (self.cpuinfo_file, self.shim_file)):
-                new_file.repairs = old_file.repairs
-                new_file.last_repair_reason, new_file.last_repair_at = old_file.last_repair_reason, old_file.last_repair_at
-            self.tracker.updates = before[2].updates
-        self.api.sock_path = self.config.docker.socket_path
-        if old.metrics != self.config.metrics and self.metrics:
-            self.metrics.stop()
-            self.metrics = None
-            self._start_metrics()
-        self.supervisor.configure(self.supervisor.spec, self.supervisor.blocked, timings(self.config))
+        """Every object takes the new config and keeps what it counted (counters never go backwards)."""
+        old, c = self.config, loaded.config
+        self.loaded, self.config = loaded, c
+        if c.agent.state_dir != old.agent.state_dir:
+            self.store = DisplacedStore(c.agent.state_dir, clock=self.clock)
+        for spec in MANAGED_FILES:
+            self.files[spec.name].retarget(spec.path_of(c), self.store)
+        self.cpuinfo_source.variant = c.cpuinfo.variant
+        self.tracker.reconfigure(c)
+        self.api.sock_path = c.docker.socket_path
+        self.supervisor.log_path = c.docker.log_file or None
+        self.supervisor.configure(self.supervisor.spec, self.supervisor.blocked, Timings.from_config(c))
+        if self.metrics is not None:
+            self.metrics.reconfigure(c)
+        self._next_full = 0.0          # check everything against the new config at once
 
     # -- signals -----------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -150,6 +139,20 @@ class Agent:
             self.flags.add("check")
 
     # -- the step ----------------------------------------------------------------------------------
+    def _phase(self, name: str, fn, *args, default=None):
+        """Runs one phase of the step; a phase that raises is logged (rate-limited per phase and kind
+        of failure, never per message text) and reported, and the step goes on."""
+        try:
+            result = fn(*args)
+        except Exception as exc:
+            self.phase_failures[name] = f"{type(exc).__name__}: {exc}"
+            self.errors(f"phase:{name}:{type(exc).__name__}", logging.ERROR, "step: %s failed: %s: %s", name,
+                        type(exc).__name__, exc, exc_info=True)
+            return default
+        if self.phase_failures.pop(name, None) is not None:
+            log.info("step: %s works again", name)
+        return result
+
     def step(self) -> float:
         now = self.clock.monotonic()
         if "reload" in self.flags:
@@ -158,111 +161,113 @@ class Agent:
         self.flags.discard("child")
         asked = "check" in self.flags
         self.flags.discard("check")
-        full_check = asked or now >= getattr(self, "_next_full", 0)
+        full_check = asked or now >= self._next_full
         if full_check:
             self._next_full = now + self.config.agent.check_interval_seconds
+            self._phase("exec-mode", self._exec_mode, now)
 
-        payload = self.tracker.observe(self.supervisor)
-        self._ensure_files(payload, full_check)
-        self._configure_dockerd(payload)
-        wait = self.supervisor.step()
-        self._check_daemon_view()
-        self.tracker.after_step(self.supervisor)
-        self._platform()
+        sup = self.supervisor
+        obs = self._phase("payload", self.tracker.observe, sup.state)
+        if obs is None:
+            obs = Observation(self.tracker.current)
+        self._phase("files", self._ensure_files, obs.payload, full_check)
+        self._phase("dockerd-config", self._configure_dockerd, obs.payload)
+        self._phase("restart-decision", self._decide_restarts, obs)
+        wait = self._phase("dockerd", sup.step, default=None)
+        supervised = wait is not None
+        self._phase("daemon-view", self._check_daemon_view)
+        self._phase("payload-after", self.tracker.after_step, sup.state, sup.pid)
+        self._phase("platform", self._platform)
         if full_check:
-            self._watch_folders()
-            self._exec_mode(now)
+            self._phase("watch", self._watch_folders)
             if self.metrics is None:
                 self._start_metrics()
         self.steps += 1
-        self._publish()
+        published = self._phase("publish", self._publish, default=False)
+        if supervised and published:
+            # Health means progress: the watchdog hears from the loop only after a step that supervised
+            # dockerd and published its state.
+            self.notifier.watchdog(self.clock.monotonic())
         if self.metrics:
-            self.metrics.on_step()
+            self._phase("metrics", self.metrics.on_step, self.latest)
         now = self.clock.monotonic()
-        return min(wait, max(0.0, self._next_full - now), self.tracker.wake_in(), self.notifier.watchdog_due_in(now))
+        return min(wait if wait is not None else 1.0, max(0.0, self._next_full - now), self.tracker.wake_in(),
+                   self.notifier.watchdog_due_in(now))
 
-    def _ensure_files(self, payload: payloads.Payload, full_check: bool) -> None:
+    def _ensure_files(self, payload, full_check: bool) -> None:
         c = self.config
-        if full_check or self.cpuinfo_file.desired is None:
-            self.cpuinfo_file.set_desired(self.cpuinfo_source.render())
-        client = c.shim.client or payload.client
+        cpuinfo_file = self.cpuinfo_file
+        if full_check or cpuinfo_file.desired is None:
+            try:
+                cpuinfo_file.set_desired(self.cpuinfo_source.render())
+            except CpuinfoError as exc:
+                if cpuinfo_file.desired is None:
+                    cpuinfo_file.set_desired(None, f"cannot render the cpuinfo: {exc}")
+                else:
+                    cpuinfo_file.set_render_error(f"cannot render the cpuinfo (the previous file stays): {exc}")
+                self.errors("render-cpuinfo", logging.ERROR, "cpuinfo: cannot render: %s", exc)
+        client, why_not = shim_client(c, payload, *self.exec_mode)
         if client:
             self.shim_file.set_desired(shim_content(client, c.cpuinfo.path, records_path(c), __version__))
         else:
-            self.shim_file.set_desired(None, f"no docker client to exec: none in {c.docker.root} and shim.client unset")
-        self._ensure_records_file()
-        for f in (self.cpuinfo_file, self.shim_file):
+            self.shim_file.set_desired(None, why_not, absent=True)
+        problem = ensure_records_file(records_path(c), self.store)
+        if problem:
+            self.errors("records", logging.ERROR, "shim records: %s", problem)
+        for f in self.files.values():
             problem = f.ensure()
             if problem is not None and f.write_error:
                 self.errors(f"write-{f.name}", logging.ERROR, "%s: %s (will retry)", f.name, f.write_error)
             elif problem is None:
                 self.errors.clear(f"write-{f.name}")
 
-    def _ensure_records_file(self) -> None:
-        """The shim appends to it as whoever runs docker: root, or members of the `docker` group.
-        Created here with an explicit owner and mode (the shim never creates it: a missing run_dir
-        just means no record)."""
-        path = records_path(self.config)
-        if os.path.lexists(path):
+    def _configure_dockerd(self, payload) -> None:
+        blocked = None
+        spec = None
+        cpuinfo_file = self.cpuinfo_file
+        if not payload.ok:
+            blocked = "payload " + "; ".join(payload.problems)
+        elif self.config.cpuinfo.daemon and (cpuinfo_file.desired is None or cpuinfo_file.last_problem is not None):
+            blocked = f"cpuinfo file not in place ({cpuinfo_file.describe().problem})"
+        else:
+            refused = self.linux32.refused(self.config.docker.personality)
+            if refused:
+                blocked = refused
+            else:
+                spec = DockerdSpec.from_config(self.config, payload, self.environ)
+        self.supervisor.configure(spec, blocked)
+
+    def _decide_restarts(self, obs: Observation) -> None:
+        """The one place that restarts a running dockerd (kubelet's prober records, one manager acts).
+        The tracker reports an update ready; the supervisor records how an adopted dockerd differs; the
+        spec of a running dockerd differs from the config's after a reload (arguments, environment,
+        personality, namespace). An update is restarted onto as an update (settled, validated, counted,
+        rolled back by the tracker), never as a reload."""
+        sup = self.supervisor
+        run = sup.run
+        if run is None or sup.state != RUNNING:
             return
-        try:
-            gid = grp.getgrnam("docker").gr_gid
-        except KeyError:
-            gid = 0
-        try:
-            os.makedirs(self.config.agent.run_dir, mode=0o755, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            try:
-                os.fchown(fd, 0, gid)
-                os.fchmod(fd, 0o620 if gid else 0o600)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            self.errors("records", logging.ERROR, "cannot create %s: %s", path, exc)
+        if obs.event == UPDATE_READY or run.mismatch == "binary":
+            if obs.event == UPDATE_READY:
+                log.info("update: payload in %s changed; restarting dockerd onto it", self.tracker.root)
+            else:
+                log.info("dockerd: adopted pid %d runs a binary since replaced: restarting it gracefully", run.handle.pid)
+            sup.request_restart("update")
+        elif sup.spec is not None and run.spec != sup.spec and not self.tracker.payload_changed():
+            sup.request_restart("reload")
 
     def _check_daemon_view(self) -> None:
-        """dockerd's bind mount pins an inode: after any rewrite of the file (regenerated, repaired,
-        or written while an adopted dockerd was running) dockerd would keep seeing the old one. Two
-        stats per step tell; a re-bind inside its namespace fixes it."""
-        pid = self.supervisor.pid
-        if not pid or not self.config.cpuinfo.daemon or self.supervisor.state != RUNNING \
+        sup = self.supervisor
+        pid = sup.pid
+        if not pid or not self.config.cpuinfo.daemon or sup.state != RUNNING \
                 or self.cpuinfo_file.last_problem is not None:
             return
-        try:
-            ours = os.lstat(self.config.cpuinfo.path)
-            seen = os.stat(f"{self.processes.proc}/{pid}/root/proc/cpuinfo")
-        except OSError:
-            return
-        # Tampered again since this step's check (a directory, a symlink): the next repair comes first.
-        if not stat.S_ISREG(ours.st_mode):
-            return
-        if (ours.st_dev, ours.st_ino) != (seen.st_dev, seen.st_ino):
-            err = self.processes.rebind_cpuinfo(pid, self.config.cpuinfo.path)
+        if daemon_view_stale(self.config.cpuinfo.path, pid, self.processes.proc):
+            err = self.processes.rebind_cpuinfo(sup.run.handle, self.config.cpuinfo.path)
             if err:
                 self.errors("rebind", logging.ERROR, "cpuinfo: could not refresh dockerd's view: %s", err)
             else:
                 log.info("cpuinfo: dockerd (pid %d) now sees the rewritten file", pid)
-
-    def _configure_dockerd(self, payload: payloads.Payload) -> None:
-        blocked = None
-        spec = None
-        if not payload.ok:
-            blocked = "payload " + "; ".join(payload.problems)
-        elif self.cpuinfo_file.last_problem is not None and self.config.cpuinfo.daemon:
-            blocked = f"cpuinfo file not in place ({self.cpuinfo_file.describe().problem})"
-        else:
-            refused = self.tracker.personality_refused(self.config.docker.personality)
-            if refused:
-                blocked = refused
-            else:
-                spec = dockerd_spec(self.config, payload, self.environ)
-        self.supervisor.configure(spec, blocked)
-        run = self.supervisor.run
-        if spec is not None and run is not None and run.spec is not None and run.spec != spec \
-                and self.supervisor.state == RUNNING and not self.tracker.payload_changed():
-            # Arguments, environment, personality or namespace changed (a reload): restart gracefully.
-            # A new payload changes them too (dockerd's path, PATH) but is restarted onto as an update.
-            self.supervisor.request_restart("reload")
 
     def _platform(self) -> None:
         """The platform as the daemon reports it: Os/Arch from /version, and the variant containerd
@@ -295,18 +300,17 @@ class Agent:
         if not self.metrics_factory:
             return
         try:
-            self.metrics = self.metrics_factory(self)
+            self.metrics = self.metrics_factory(self.config, lambda: self.latest)
             self.errors.clear("metrics")
         except OSError as exc:
             self.errors("metrics", logging.ERROR, "metrics: cannot serve on %s: %s (retrying)",
                         self.config.metrics.listen, exc)
 
     def _exec_mode(self, now: float) -> None:
-        """How this host runs armhf (native / emulated / unsupported): probed at start and every 10
-        minutes, since a qemu-arm binfmt registration can appear at any time."""
-        if now < getattr(self, "_next_exec_probe", 0):
+        """How this host runs armhf (native / emulated / unsupported)."""
+        if now < self._next_exec_probe:
             return
-        self._next_exec_probe = now + 600
+        self._next_exec_probe = now + EXEC_PROBE_SECONDS
         report = aarch32.detect(aarch32.SubprocessRunner())
         if report.mode != self.exec_mode[0]:
             log.log(logging.INFO if report.mode == "native" else logging.WARNING,
@@ -314,8 +318,7 @@ class Agent:
         self.exec_mode = (report.mode, report.detail)
 
     def _watch_folders(self) -> None:
-        c = self.config
-        folders = {os.path.dirname(c.cpuinfo.path), os.path.dirname(c.shim.path)} | self.tracker.folders()
+        folders = {os.path.dirname(f.path) for f in self.files.values()} | self.tracker.folders()
         self.watch.set_folders({f for f in folders if os.path.isdir(f)})
 
     # -- reload ------------------------------------------------------------------------------------
@@ -340,27 +343,13 @@ class Agent:
         return Snapshot(
             version=__version__, pid=os.getpid(), state=self.state, started_at=self.started_at,
             last_step_at=self.clock.time(), steps=self.steps, config_path=self.loaded.path,
-            metrics_url=self.metrics.server.url if self.metrics else "",
+            metrics_url=self.metrics.url if self.metrics else "",
             exec_mode=self.exec_mode[0], exec_detail=self.exec_mode[1], reloads=dict(self.reloads),
             dockerd=self.supervisor.snapshot(self.platform), payload=self.tracker.describe(),
-            files=(self.cpuinfo_file.describe(), self.shim_file.describe()),
+            files=tuple(f.describe() for f in self.files.values()),
         )
 
-    def status_line(self, snap: Snapshot) -> str:
-        d = snap.dockerd
-        restarts = sum(d.restarts.values())
-        if d.state == "running":
-            # "up since" rather than "up 3h": STATUS= is sent on change only, one line per state change.
-            since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(d.started_at or 0))
-            line = f"dockerd running (pid {d.pid}, up since {since}), restarts {restarts}"
-        else:
-            line = f"dockerd {d.state}: {d.reason}" if d.reason else f"dockerd {d.state}"
-        bad = [f.name for f in snap.files if not f.ok]
-        if bad:
-            line += f"; not in place: {', '.join(bad)}"
-        return line[:200]
-
-    def _publish(self) -> None:
+    def _publish(self) -> bool:
         snap = self.snapshot()
         self.latest = snap
         try:
@@ -368,86 +357,67 @@ class Agent:
             atomic_write(os.path.join(self.config.agent.run_dir, STATE_FILE), snap.to_json().encode(), 0o600)
         except OSError as exc:
             self.errors("state", logging.ERROR, "cannot write %s: %s", self.config.agent.run_dir, exc)
-        line = self.status_line(snap)
+        line = status_line(snap)
         self.notifier.status(line)
         d = snap.dockerd
-        if not self.notifier.ready_sent and (d.state == RUNNING or d.state == BLOCKED):
-            # READY once dockerd answers, or once the reason it cannot start is reported: the unit is
-            # active and the cause is visible instead of a start time-out.
-            self.notifier.ready()
-            log.info("ready: %s", line)
-        self.notifier.watchdog(self.clock.monotonic())
+        if not self.notifier.ready_sent:
+            if d.state in READY_STATES:
+                self.notifier.ready()
+                log.info("ready: %s", line)
+            elif d.state == STARTING:
+                self._extend_timeout(self.config.docker.start_timeout_seconds)
+        return True
+
+    def _extend_timeout(self, budget: float) -> None:
+        """The unit's TimeoutStartSec/TimeoutStopSec follow the config's dockerd start and stop timeouts
+        (accepted up to an hour): systemd is asked for more time, a little at a time, while dockerd
+        starts before READY, or stops at exit (EXTEND_TIMEOUT_USEC, systemd >= 236)."""
+        now = self.clock.monotonic()
+        if now < self._next_extend:
+            return
+        self._next_extend = now + EXTEND_EVERY_SECONDS
+        self.notifier.extend_timeout(budget + EXTEND_MARGIN_SECONDS)
 
     # -- the shell ---------------------------------------------------------------------------------
     def run(self) -> int:
-        self.install_signal_handlers()
-        log.info("armhf-agent %s starting (config %s, pid %d)", __version__, self.loaded.path or "built-in defaults",
-                 os.getpid())
-        self._adopt()
-        self.latest = self.snapshot()
-        self._start_metrics()
-        self.state = "running"
-        while True:
-            if "stop" in self.flags:
-                return self._shutdown(detach=False)
-            if "detach" in self.flags:
-                return self._shutdown(detach=True)
-            try:
-                wait = self.step()
-            except Exception as exc:
-                # One failed step must not kill the supervisor of a running daemon; the traceback is
-                # logged (rate-limited per kind of failure) and the next step tries again.
-                self.errors(f"step:{type(exc).__name__}:{exc}", logging.ERROR, "step failed: %s", exc,
-                            exc_info=True)
-                wait = 1.0
-            self._wait(wait)
+        c = self.config
+        try:
+            lock = InstanceLock.acquire([c.agent.run_dir, c.agent.state_dir])
+        except InstanceLocked as exc:
+            log.error("%s", exc)
+            return 75   # EX_TEMPFAIL: not a config error (78), and the unit may try again
+        try:
+            self.install_signal_handlers()
+            log.info("armhf-agent %s starting (config %s, pid %d)", __version__, self.loaded.path or "built-in defaults",
+                     os.getpid())
+            self._phase("adopt", self._adopt)
+            self.latest = self.snapshot()
+            self._start_metrics()
+            self.state = "running"
+            while True:
+                if "stop" in self.flags:
+                    return self._shutdown(detach=False)
+                if "detach" in self.flags:
+                    return self._shutdown(detach=True)
+                try:
+                    wait = self.step()
+                except Exception as exc:
+                    # Phases are isolated; this is the net under the step's own bookkeeping.
+                    self.errors(f"step:{type(exc).__name__}", logging.ERROR, "step failed: %s", exc, exc_info=True)
+                    wait = 1.0
+                self._wait(wait)
+        finally:
+            lock.release()
 
     def _adopt(self) -> None:
-        """A dockerd named by the pidfile, alive, of this payload, answering on our socket, is adopted:
-        a restarted agent never kills or duplicates a running daemon."""
-        d = self.config.docker
-        pid = self.processes.read_pidfile(d.pidfile)
-        if not pid:
-            return
-        payload = self.tracker.observe(self.supervisor)
-        exe = self.processes.exe(pid) or ""
-        deleted = exe.endswith(" (deleted)")
-        exe = exe.removesuffix(" (deleted)")
-        ours = payload.dockerd and os.path.realpath(payload.dockerd) == exe
-        if not ours:
-            log.info("pidfile %s names pid %d (%s), not this payload's dockerd: not adopting", d.pidfile, pid,
-                     exe or "not running")
-            return
-        try:
-            _, answering = self.api.ping(d.health_timeout_seconds)
-        except Exception as exc:
-            log.warning("dockerd pid %d does not answer on %s (%s): not adopting", pid, d.host, exc)
-            return
-        if answering != pid:
-            log.warning("pid %s answers on %s, not the pidfile's dockerd (pid %d): not adopting", answering, d.host, pid)
-            return
-        handle = self.processes.adopt(pid)
-        if handle is None:
-            return
-        self._ensure_files(payload, True)
-        self._configure_dockerd(payload)
-        spec = self.supervisor.spec
-        matches = spec is not None and self.processes.cmdline(pid) == list(spec.argv) and not deleted \
-            and self._same_personality(pid, d.personality) and self._same_namespace_kind(pid)
-        self.supervisor.adopt(handle, spec_matches=matches)
-        self.tracker.adopted(payload)
-        if not matches:
-            why = "its binary was replaced" if deleted else "its arguments, personality or namespace differ"
-            log.info("dockerd: adopted pid %d but %s: restarting it gracefully", pid, why)
-            self.supervisor.request_restart("update" if deleted else "reload")
-
-    def _same_personality(self, pid: int, wanted: str) -> bool:
-        p = self.processes.personality(pid)
-        return p is None or ((p & 0xFF) == 0x0008) == (wanted == "linux32")
-
-    def _same_namespace_kind(self, pid: int) -> bool:
-        private = self.processes.mount_ns(pid) != self.processes.mount_ns("self")
-        return private == self.config.cpuinfo.daemon
+        """A dockerd a previous agent left running is supervised, not killed or duplicated: the
+        supervisor decides how (agent.dockerd `adopt_existing`); the next step's restart decision acts
+        on any difference from the config."""
+        self._exec_mode(self.clock.monotonic())
+        obs = self.tracker.observe(self.supervisor.state)
+        self._ensure_files(obs.payload, True)
+        self._configure_dockerd(obs.payload)
+        self.supervisor.adopt_existing(self.config.docker.pidfile, obs.payload.dockerd)
 
     def _shutdown(self, detach: bool) -> int:
         self.state = "stopping"
@@ -460,8 +430,10 @@ class Agent:
             self.supervisor.shutdown()
             while self.supervisor.run is not None:
                 self.supervisor.step()
+                self._extend_timeout(self.config.docker.stop_timeout_seconds)
+                self.notifier.watchdog(self.clock.monotonic())
                 self._wait(0.05)
-        self._publish()
+        self._phase("publish", self._publish)
         if self.metrics:
             self.metrics.stop()
         log.info("armhf-agent stopped")

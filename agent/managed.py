@@ -1,8 +1,9 @@
 """Managed files (the hijacked cpuinfo, the docker shim): each has check / repair / describe.
 
-`check` says what is wrong (one of state.REPAIR_REASONS) without changing anything, so `doctor`
-reuses it; `repair` puts the desired content in place atomically and moves whatever was there to the
-displaced store; `describe` gives the FileState the loop publishes.
+`check` says what is wrong (one of state.REPAIR_REASONS) without changing anything; `repair` puts the
+desired content in place atomically and moves whatever was there to the displaced store; `describe`
+gives the FileState the loop publishes. The table of what is managed (name, path, mode, marker) is
+`MANAGED_FILES` below, the one place the loop, the CLI and the metrics read it from.
 """
 
 from __future__ import annotations
@@ -11,13 +12,36 @@ import logging
 import os
 import stat
 from dataclasses import dataclass
+from typing import Callable
 
-from .fsops import DisplacedStore, atomic_write, fix_owner_and_mode, read_nofollow
+from . import fsops
+from .fsops import DisplacedStore
 from .state import REPAIR_REASONS, FileState
 
 log = logging.getLogger("armhf-agent.files")
 
 WRITE_RETRY_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class ManagedSpec:
+    """One managed file: its name (a metrics label), where the config puts it, its mode, and the marker
+    every version the agent writes contains (it tells "ours, edited" from "a foreign file")."""
+
+    name: str
+    mode: int
+    marker: bytes
+    path_of: Callable[[object], str]
+
+
+# Every file we render starts with processor 0: an edited copy still has it ("content").
+CPUINFO_MARKER = b"processor\t: 0"
+# The shim's header line (agent/shim.py): present in every shim the agent renders.
+SHIM_MARKER = b"installed by armhf-agent"
+
+CPUINFO = ManagedSpec("cpuinfo", 0o644, CPUINFO_MARKER, lambda config: config.cpuinfo.path)
+SHIM = ManagedSpec("shim", 0o755, SHIM_MARKER, lambda config: config.shim.path)
+MANAGED_FILES = (CPUINFO, SHIM)
 
 
 @dataclass(frozen=True)
@@ -27,15 +51,19 @@ class Problem:
 
 
 class ManagedFile:
-    def __init__(self, name: str, path: str, mode: int, marker: bytes, store: DisplacedStore, clock):
-        self.name = name
+    def __init__(self, spec: ManagedSpec, path: str, store: DisplacedStore, clock, fs=fsops):
+        self.spec = spec
+        self.name = spec.name
         self.path = path
-        self.mode = mode
-        self.marker = marker           # present in every version we write: tells "ours, edited" from "foreign"
+        self.mode = spec.mode
+        self.marker = spec.marker
         self.store = store
         self.clock = clock
+        self.fs = fs                   # atomic_write, fix_owner_and_mode, read_nofollow (agent.fsops)
         self.desired: bytes | None = None
         self.unavailable = ""          # why there is no desired content (e.g. no docker client to exec)
+        self.absent = False            # with no desired content: our file must not stay either
+        self.render_error = ""         # the last attempt to compute the content failed (the old one stays)
         self.repairs = {r: 0 for r in REPAIR_REASONS}
         self.last_repair_reason = ""
         self.last_repair_at: float | None = None
@@ -45,12 +73,30 @@ class ManagedFile:
         self.was_right = False         # repairs count only drift: putting a file in place the first time is installing
         self.ever_right = False
 
-    def set_desired(self, data: bytes | None, unavailable: str = "") -> None:
+    def retarget(self, path: str, store: DisplacedStore) -> None:
+        """A reload moved the file: the same resource (its counters stay), checked at its new path."""
+        if path != self.path:
+            self.path = path
+            self.was_right = self.ever_right = False
+            self.last_problem = None
+        self.store = store
+
+    def set_desired(self, data: bytes | None, unavailable: str = "", absent: bool = False) -> None:
+        """The content this file must have; None with `unavailable` saying why there is none. With
+        `absent`, a file of ours found there is removed (and a displaced original put back), for a
+        file that would do harm, such as a shim that execs a client this host must not run."""
         if data != self.desired:
             # New desired content (config, CPU count or client changed): rewriting is an update, not drift.
             self.was_right = False
         self.desired = data
         self.unavailable = "" if data is not None else unavailable
+        self.absent = data is None and absent
+        self.render_error = ""
+
+    def set_render_error(self, reason: str) -> None:
+        """Computing the content failed this time: what is in place stays (it was right before), and the
+        file is reported not ok with the reason until a render succeeds."""
+        self.render_error = reason
 
     def check(self) -> Problem | None:
         if self.desired is None:
@@ -67,7 +113,7 @@ class ManagedFile:
             return Problem("directory", f"{self.path} is a directory")
         if not stat.S_ISREG(st.st_mode):
             return Problem("replaced", f"{self.path} is not a regular file")
-        content = read_nofollow(self.path, len(self.desired))
+        content = self.fs.read_nofollow(self.path, len(self.desired))
         if content != self.desired:
             if content is not None and self.marker in content:
                 return Problem("content", f"{self.path} was edited")
@@ -88,7 +134,7 @@ class ManagedFile:
             # which refuses a bind source replaced while it mounts it ("possibly malicious path ...
             # (deleted)", seen with 50 concurrent `docker run` during mode drift).
             try:
-                fix_owner_and_mode(self.path, self.mode)
+                self.fs.fix_owner_and_mode(self.path, self.mode)
             except OSError as exc:
                 self.write_error = f"cannot fix owner/mode of {self.path}: {exc.strerror or exc}"
                 raise
@@ -105,7 +151,7 @@ class ManagedFile:
                                                     and not self.ever_right))
 
         try:
-            atomic_write(self.path, self.desired, self.mode, before_rename=move_aside)
+            self.fs.atomic_write(self.path, self.desired, self.mode, before_rename=move_aside)
         except OSError as exc:
             self.write_error = f"cannot write {self.path}: {exc.strerror or exc}"
             raise
@@ -124,6 +170,9 @@ class ManagedFile:
 
     def ensure(self) -> Problem | None:
         """check, then repair if needed. Returns the problem that remains (None = file is right)."""
+        if self.desired is None and self.absent:
+            self._ensure_absent()
+            return None
         problem = self.check()
         if problem is not None:
             if self.clock.monotonic() < self.retry_at:
@@ -143,22 +192,33 @@ class ManagedFile:
             self.was_right = self.ever_right = True
         return problem
 
+    def _ensure_absent(self) -> None:
+        content = self.fs.read_nofollow(self.path, 1 << 20)
+        if content is None or self.marker not in content:
+            return
+        try:
+            log.warning("%s: removing %s (%s): %s", self.name, self.path, self.unavailable, self.remove())
+        except OSError as exc:
+            self.write_error = f"cannot remove {self.path}: {exc.strerror or exc}"
+
     def remove(self) -> str:
-        """Uninstall: remove our file (only if it is ours) and put a displaced original back."""
+        """Uninstall: remove our file (only if it is ours) and put a displaced original back. Raises
+        OSError naming the path when either cannot be done; a second run finishes what the first left."""
         done = []
-        content = read_nofollow(self.path, 1 << 20)
+        content = self.fs.read_nofollow(self.path, 1 << 20)
         if content is not None and self.marker in content:
             os.unlink(self.path)
             done.append(f"removed {self.path}")
         original = self.store.original(self.name)
         if os.path.lexists(original) and not os.path.lexists(self.path):
-            os.rename(original, self.path)
+            self.store.restore(original, self.path)
             done.append(f"restored {self.path} from {original}")
         return "; ".join(done) or f"{self.path}: nothing to do"
 
     def describe(self) -> FileState:
         problem = self.last_problem
-        text = self.unavailable or self.write_error or (problem.detail if problem else "")
-        return FileState(name=self.name, path=self.path, ok=self.desired is not None and problem is None,
+        text = self.unavailable or self.render_error or self.write_error or (problem.detail if problem else "")
+        return FileState(name=self.name, path=self.path,
+                         ok=self.desired is not None and problem is None and not self.render_error,
                          problem=text, repairs=dict(self.repairs), last_repair_reason=self.last_repair_reason,
                          last_repair_at=self.last_repair_at)

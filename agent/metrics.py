@@ -27,19 +27,20 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from agent.managed import MANAGED_FILES
+from agent.shim_records import SHIM_CLASSES
 from agent.state import (
     DOCKERD_STATES,
     EXEC_MODES,
     RELOAD_RESULTS,
     REPAIR_REASONS,
     RESTART_REASONS,
+    RUNNING,
     UPDATE_RESULTS,
     Snapshot,
 )
 
 PREFIX = "armhf_agent_"
-MANAGED_FILES = ("cpuinfo", "shim")
-SHIM_CLASSES = ("run", "create", "build", "exec", "other")
 BUILD_RESULTS = ("success", "failure")
 # Seconds; from a `docker run --rm alpine true` to a multi-hour emulated compile.
 DURATION_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0)
@@ -100,6 +101,8 @@ class AgentCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         snap = self._snapshot()
+        if snap is None:        # scraped before the agent's first step: nothing to say yet
+            return
         d, payload = snap.dockerd, snap.payload
 
         build = InfoMetricFamily(PREFIX + "build", "The agent's version and Python", labels=["version", "python"])
@@ -114,7 +117,7 @@ class AgentCollector(Collector):
         yield counter("config_reloads_total", "Config reloads by result", "result", RELOAD_RESULTS, snap.reloads)
 
         yield gauge("dockerd_up", "1 when dockerd is running and answered its last /_ping",
-                    1 if d.state == "running" and d.ping_ok else 0)
+                    1 if d.state == RUNNING and d.ping_ok else 0)
         yield one_hot("dockerd_state", "The supervisor's dockerd state (1 = current state)", "state",
                       DOCKERD_STATES, d.state)
         yield counter("dockerd_restarts_total", "dockerd restarts by reason", "reason", RESTART_REASONS, d.restarts)
@@ -138,7 +141,7 @@ class AgentCollector(Collector):
         ok = GaugeMetricFamily(PREFIX + "file_ok", "1 when the managed file is in place and correct", labels=["file"])
         repairs = CounterMetricFamily(PREFIX + "file_repairs", "Managed file repairs by reason",
                                       labels=["file", "reason"])
-        for name in closed_set(MANAGED_FILES, files):
+        for name in closed_set((spec.name for spec in MANAGED_FILES), files):
             state = files.get(name)
             if state is not None:
                 ok.add_metric([name], 1 if state.ok else 0)

@@ -65,3 +65,7 @@ class Notifier:
 
     def stopping(self) -> None:
         self._send("STOPPING=1")
+
+    def extend_timeout(self, seconds: float) -> None:
+        """Asks systemd to wait `seconds` more (from now) for the start or stop in progress."""
+        self._send(f"EXTEND_TIMEOUT_USEC={int(seconds * 1e6)}")

@@ -16,6 +16,7 @@ never follows a symlink at the records path.
 
 from __future__ import annotations
 
+import grp
 import os
 import stat
 from dataclasses import dataclass
@@ -35,6 +36,53 @@ class ShimRecord:
     injected: bool                 # the cpuinfo mount was inserted
     exit_code: int | None          # builds only
     duration_seconds: float | None  # builds only
+
+
+RECORDS_FILE = "shim-records"
+
+
+def records_path(config) -> str:
+    return os.path.join(config.agent.run_dir, RECORDS_FILE)
+
+
+def ensure_records_file(path: str, store=None) -> str | None:
+    """The file the shim appends to, as whoever runs docker: root, or members of the `docker` group.
+    Created with an explicit owner and mode (the shim never creates it: a missing run_dir just means no
+    record), and kept so: a changed owner or mode is fixed in place, anything but a regular file at
+    the path (a symlink would make root's appends write wherever it points) is moved to the displaced
+    store and replaced. Returns the problem that remains, None when the file is right."""
+    try:
+        gid = grp.getgrnam("docker").gr_gid
+    except KeyError:
+        gid = 0
+    mode = 0o620 if gid else 0o600
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        return f"cannot stat {path}: {exc.strerror}"
+    try:
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            if store is None:
+                return f"{path} is not a regular file"
+            store.displace("shim-records", path, "replaced", keep_as_original=False)
+            st = None
+        if st is None:
+            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        elif (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) != (0, gid, mode):
+            fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        else:
+            return None
+        try:
+            os.fchown(fd, 0, gid)
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        return f"cannot create or fix {path}: {exc.strerror or exc}"
+    return None
 
 
 def parse_record(line: bytes) -> ShimRecord | None:

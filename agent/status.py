@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from agent.config import AgentConfig
-from agent.state import STATE_FILE, Snapshot
+from agent.processes import read_cmdline
+from agent.state import RUNNING, STATE_FILE, Snapshot
 
 EXIT_HEALTHY = 0
 EXIT_DEGRADED = 1
@@ -41,15 +42,6 @@ def _is_agent_process(cmdline: list[str]) -> bool:
     return any(a == "-m" and b.split(".")[0] == "agent" for a, b in zip(cmdline, cmdline[1:]))
 
 
-def process_cmdline(proc_root: str, pid: int) -> list[str] | None:
-    """None when there is no such process (or it is a zombie: an empty cmdline)."""
-    try:
-        raw = Path(proc_root, str(pid), "cmdline").read_bytes()
-    except OSError:
-        return None
-    return [part.decode(errors="replace") for part in raw.split(b"\0")[:-1]] or None
-
-
 def read_agent(config: AgentConfig, proc_root: str) -> AgentLiveness:
     path = Path(config.agent.run_dir, STATE_FILE)
     try:
@@ -59,7 +51,7 @@ def read_agent(config: AgentConfig, proc_root: str) -> AgentLiveness:
         return AgentLiveness(None, False, f"no state file {path}")
     except (OSError, ValueError, TypeError, AttributeError) as exc:
         return AgentLiveness(None, False, f"cannot read state file {path}: {exc}", unreadable=True)
-    cmdline = process_cmdline(proc_root, snapshot.pid) if snapshot.pid > 0 else None
+    cmdline = read_cmdline(proc_root, snapshot.pid) if snapshot.pid > 0 else None
     if cmdline is None:
         return AgentLiveness(snapshot, False, f"agent pid {snapshot.pid} from {path} is gone")
     if not _is_agent_process(cmdline):
@@ -79,7 +71,7 @@ def degradations(config: AgentConfig, snapshot: Snapshot, now: float) -> list[st
     if age > stuck_after_seconds(config):
         problems.append(f"agent stuck: last loop step {_duration(age)} ago")
     d = snapshot.dockerd
-    if d.state != "running":
+    if d.state != RUNNING:
         problems.append(f"dockerd {d.state}" + (f": {d.reason}" if d.reason else ""))
     elif not d.ping_ok:
         problems.append("dockerd not answering /_ping")
@@ -143,6 +135,22 @@ def _platform(snapshot: Snapshot) -> str:
     d = snapshot.dockerd
     parts = [x for x in (d.platform_os, d.platform_arch, d.platform_variant) if x]
     return "/".join(parts) or "unknown"
+
+
+def status_line(snapshot: Snapshot) -> str:
+    """The one-line STATUS= the agent sends systemd (`systemctl status` shows it). "up since" rather
+    than "up 3h": STATUS= is sent on change only, one line per state change."""
+    d = snapshot.dockerd
+    restarts = sum(d.restarts.values())
+    if d.state == RUNNING:
+        since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(d.started_at or 0))
+        line = f"dockerd running (pid {d.pid}, up since {since}), restarts {restarts}"
+    else:
+        line = f"dockerd {d.state}: {d.reason}" if d.reason else f"dockerd {d.state}"
+    bad = [f.name for f in snapshot.files if not f.ok]
+    if bad:
+        line += f"; not in place: {', '.join(bad)}"
+    return line[:200]
 
 
 def render_human(report: StatusReport) -> str:

@@ -29,7 +29,12 @@ def job_type(unit: str) -> str:
     return ""
 
 
-def systemd_stop(unit: str, pid: int, timeout: float = 3600) -> int:
+def systemd_stop(unit: str, pid: int | None, timeout: float = 3600) -> int:
+    if not pid:
+        # The agent is already gone (it handed dockerd over at an upgrade, or was told to exit): nothing
+        # to signal, and a stop that finds nothing to stop has succeeded.
+        print("armhf-agent systemd-stop: the agent is not running; nothing to stop", flush=True)
+        return 0
     restart = job_type(unit) == "restart"
     sig = signal.SIGUSR2 if restart else signal.SIGTERM
     what = "restart: leaving dockerd running for the next agent" if restart else "stop: stopping dockerd too"

@@ -3,8 +3,12 @@ back to the last known-good payload when the new one cannot become healthy.
 
     running on A --(binaries change, stable for update_settle_seconds)--> validate
         invalid -> "rejected" (dockerd keeps running on what it loaded; status shows why)
-        valid   -> graceful restart ("update") -> RUNNING on B: "applied", B becomes known-good
-                                               -> BACKOFF before RUNNING: restore A: "rolled_back"
+        valid   -> UPDATE_READY: the loop restarts dockerd ("update")
+                   -> RUNNING on B: "applied", B becomes known-good
+                   -> BACKOFF before RUNNING: restore A: "rolled_back"
+
+The tracker records and reports what it observed; it never restarts dockerd itself. The loop
+(agent.loop, `Agent._decide_restarts`) is the one owner of restart decisions.
 """
 
 from __future__ import annotations
@@ -14,11 +18,23 @@ import os
 import shutil
 import threading
 
+from dataclasses import dataclass
+
 from . import payload as payloads
-from .dockerd import BACKOFF, RUNNING
-from .state import UPDATE_RESULTS, PayloadState
+from .state import BACKOFF, RUNNING, UPDATE_RESULTS, PayloadState
 
 log = logging.getLogger("armhf-agent.payload")
+
+
+# What `observe` reports besides the payload.
+UPDATE_READY = "update-ready"    # a new, valid payload has settled: dockerd should restart onto it
+REJECTED = "rejected"            # a new payload has settled and is invalid: dockerd keeps running
+
+
+@dataclass(frozen=True)
+class Observation:
+    payload: payloads.Payload
+    event: str | None = None     # UPDATE_READY, REJECTED or None
 
 
 def _quick_fingerprint(root: str) -> tuple:
@@ -26,28 +42,35 @@ def _quick_fingerprint(root: str) -> tuple:
 
 
 class PayloadTracker:
-    def __init__(self, config, clock, processes):
-        self.root = config.docker.root
-        self.settle = config.docker.update_settle_seconds
-        self.known_good_dir = os.path.join(config.agent.state_dir, "payload-known-good")
+    def __init__(self, config, clock):
         self.clock = clock
-        self.processes = processes
+        self.updates = {r: 0 for r in UPDATE_RESULTS}
+        self._saver: threading.Thread | None = None
+        self.reconfigure(config)
+
+    def reconfigure(self, config) -> None:
+        """A (re)loaded config; the counters are kept. A new docker.root is a new payload to watch."""
+        root, state_dir = config.docker.root, config.agent.state_dir
+        self.settle = config.docker.update_settle_seconds
+        if getattr(self, "root", None) == root and getattr(self, "state_dir", None) == state_dir:
+            return
+        self.root, self.state_dir = root, state_dir
+        self.known_good_dir = os.path.join(state_dir, "payload-known-good")
         self.current = payloads.inspect(self.root)
         self.seen_fp = _quick_fingerprint(self.root)
-        self.changed_at = clock.monotonic()
+        self.changed_at = self.clock.monotonic()
         self.running_fp: tuple | None = None
         self.pid_seen: int | None = None
         self.pending: tuple | None = None
         self.rejected_fp: tuple | None = None
         self.known_good_fp: tuple | None = None
-        self.updates = {r: 0 for r in UPDATE_RESULTS}
         self._version_cache: tuple[tuple, str] | None = None
-        self._personality: tuple[str, str | None, float] | None = None
         self._last_problems: tuple[str, ...] = ()
-        self._saver: threading.Thread | None = None
 
     # -- observation -------------------------------------------------------------------------------
-    def observe(self, supervisor) -> payloads.Payload:
+    def observe(self, dockerd_state: str) -> Observation:
+        """Looks at the payload; `dockerd_state` is the supervisor's state (updates happen only under a
+        RUNNING dockerd: before it ran, a changed payload is simply what it starts from)."""
         now = self.clock.monotonic()
         fp = _quick_fingerprint(self.root)
         if fp != self.seen_fp:
@@ -65,41 +88,38 @@ class PayloadTracker:
                 log.info("payload %s is complete and safe now", self.root)
             self._last_problems = self.current.problems
         settled = now - self.changed_at >= self.settle
-        if (supervisor.state == RUNNING and self.running_fp is not None and fp != self.running_fp
+        if (dockerd_state == RUNNING and self.running_fp is not None and fp != self.running_fp
                 and settled and self.pending is None and fp != self.rejected_fp):
             if not self.current.ok:
                 self.updates["rejected"] += 1
                 self.rejected_fp = fp
                 log.error("update rejected: %s; dockerd keeps running on the binaries it loaded",
                           "; ".join(self.current.problems))
-            else:
-                self.pending = fp
-                log.info("update: payload in %s changed; restarting dockerd onto it", self.root)
-                supervisor.request_restart("update")
-        return self.current
+                return Observation(self.current, REJECTED)
+            self.pending = fp
+            return Observation(self.current, UPDATE_READY)
+        return Observation(self.current)
 
-    def after_step(self, supervisor) -> None:
-        pid = supervisor.pid
+    def after_step(self, dockerd_state: str, pid: int | None) -> None:
+        """Records what the supervisor did this step: a new dockerd runs the payload seen now; an update
+        that reached RUNNING is applied, one that fell into BACKOFF is rolled back."""
         if pid != self.pid_seen:
             self.pid_seen = pid
             if pid is not None:
                 self.running_fp = self.seen_fp
         if self.pending is not None:
-            if supervisor.state == RUNNING and self.running_fp == self.pending:
+            if dockerd_state == RUNNING and self.running_fp == self.pending:
                 self.updates["applied"] += 1
                 self.pending = None
                 # A rejection is remembered against the payload dockerd ran on; on a new one, the same
                 # broken state seen again is a new rejection (logged and counted).
                 self.rejected_fp = None
                 log.info("update: applied; dockerd pid %s healthy on the new payload", pid)
-            elif supervisor.state == BACKOFF:
+            elif dockerd_state == BACKOFF:
                 self._roll_back()
-        if supervisor.state == RUNNING and self.pending is None and self.current.ok \
+        if dockerd_state == RUNNING and self.pending is None and self.current.ok \
                 and self.running_fp == self.seen_fp and self.known_good_fp != self.seen_fp:
             self._save_known_good()
-
-    def adopted(self, payload: payloads.Payload) -> None:
-        self.current = payload
 
     def payload_changed(self) -> bool:
         """The payload differs from the one dockerd runs: restarting onto it is this tracker's job
@@ -164,20 +184,6 @@ class PayloadTracker:
                   "(failed payload kept in %s)", failed)
 
     # -- helpers for the loop ----------------------------------------------------------------------
-    def personality_refused(self, personality: str) -> str | None:
-        now = self.clock.monotonic()
-        cached = self._personality
-        if cached and cached[0] == personality and (cached[1] is None or now - cached[2] < 60):
-            return cached[1]
-        refused = self.processes.probe_personality(personality)
-        if refused:
-            refused = (f"{refused}. This host cannot run armhf natively (see `armhf-agent doctor`); "
-                       "set docker.personality = \"none\" only for testing")
-            if not cached or cached[1] != refused:
-                log.error("dockerd not started: %s", refused)
-        self._personality = (personality, refused, now)
-        return refused
-
     def folders(self) -> set[str]:
         root = self.root.rstrip("/")
         return {os.path.dirname(root), root} | {os.path.join(root, d) for d in payloads.SEARCH_DIRS if d}
@@ -194,7 +200,9 @@ class PayloadTracker:
         else:
             state = "ok" if p.ok else "invalid"
         version = ""
-        if p.dockerd:
+        # Only a valid payload's dockerd is ever run: an unsafe one (writable by others) may hold
+        # anybody's code, and `--version` would run it as root (issue 12).
+        if p.dockerd and p.ok:
             if self._version_cache is None or self._version_cache[0] != self.seen_fp:
                 self._version_cache = (self.seen_fp, payloads.version(p.dockerd))
             version = self._version_cache[1]

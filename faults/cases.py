@@ -123,7 +123,9 @@ def payload_binary_removed(rig: Rig) -> None:
     assert state["payload"]["state"] == "invalid" and "dockerd" in state["payload"]["problem"], state["payload"]
     assert rig.dockerd_pid() == pid and ping(rig.sock), "dockerd was touched while the payload was incomplete"
     bumped(rig, before, "payload.updates.rejected")
-    rig.assert_nothing_lost(dockerd_restarted=False)
+    # Nothing of an invalid payload is run: the shim in front of its client is gone meanwhile.
+    wait_for(lambda: not rig.shim.exists(), 30, 0.05, "the shim removed while the payload is invalid")
+    rig.assert_nothing_lost(dockerd_restarted=False, shim=False)
     mark = rig.mark()
     _install(binary, data)
     rig.wait_log(mark, r"payload .* is complete and safe now")
@@ -231,6 +233,95 @@ def agent_sigkill(rig: Rig) -> None:
         assert (now_pid, now_started) == (was_pid, was_started), f"container {cid[:12]} was restarted or lost"
     rig.assert_nothing_lost(dockerd_restarted=False)
     rig.docker("rm", "-f", *ids)
+
+
+def _kill_agent(rig: Rig) -> None:
+    """SIGKILL the agent (an operator's `systemctl restart` of a stuck agent, at its bluntest); dockerd is
+    left in whatever state it was in."""
+    rig.agent.proc.kill()
+    rig.agent.proc.wait()
+    rig.agent.notify.close()
+
+
+def _replace_agent(rig: Rig, pause: float = 0.0) -> None:
+    _kill_agent(rig)
+    time.sleep(pause)
+    rig.agent = rig.new_agent().start()
+
+
+@case("agent restarted while dockerd hangs", docker__start_timeout_seconds=3.0)
+def agent_restart_during_hang(rig: Rig) -> None:
+    """The operator restarts the agent because docker hangs (dockerd SIGSTOPped). The new agent must take
+    the silent dockerd over and replace it by the hang rule: before, it was neither adopted nor stopped,
+    and every new dockerd exited on the pidfile, for ever."""
+    pid, before = rig.dockerd_pid(), rig.counters()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        # Older than the start timeout when the new agent looks: it did answer once.
+        _replace_agent(rig, pause=3.5)
+        rig.wait_log(0, r"STOPPED -> RUNNING: adopted dockerd pid %d, not answering" % pid)
+        rig.wait_log(0, r"RUNNING -> STOPPING: SIGTERM to pid %d \(hung" % pid)
+        rig.agent.wait_running(60, other_than=pid)
+    finally:
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: not pid_alive(pid), 30, 0.05, "the hung dockerd gone")
+    assert rig.state()["dockerd"]["restarts"]["hung"] == 1, rig.state()["dockerd"]["restarts"]
+    rig.assert_nothing_lost(dockerd_restarted=True)
+
+
+@case("agent restarted while dockerd starts")
+def agent_restart_during_start(rig: Rig) -> None:
+    """dockerd is held mid-start: its --config-file is a FIFO it blocks on, before it writes its pidfile
+    or opens its socket. The agent is replaced then; the new one must wait for that dockerd (found by
+    its executable and --pidfile argument) instead of starting a second one."""
+    from agentproc import write_config
+
+    fifo = rig.base / "daemon.json.fifo"
+    if not fifo.exists():
+        os.mkfifo(fifo, 0o600)
+    plain = rig.config
+    held = {**plain, "docker": {**plain["docker"], "args": [*plain["docker"]["args"], "--config-file", str(fifo)]}}
+    mark = rig.mark()
+    rig.config = held
+    write_config(rig.agent.config_path, held)
+    rig.agent.signal(signal.SIGHUP)
+    line = rig.wait_log(mark, r"STOPPED -> STARTING: started .* \(pid \d+\)")
+    pid = int(line.rsplit("(pid ", 1)[1].split(")")[0])
+    time.sleep(0.5)
+    assert pid_alive(pid) and not ping(rig.sock), "dockerd is not held mid-start"
+    _replace_agent(rig)
+    try:
+        rig.wait_log(0, r"STOPPED -> STARTING: adopted dockerd pid %d, not answering yet" % pid)
+    finally:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        os.write(fd, b"{}\n")
+        os.close(fd)
+    rig.wait_log(0, r"STARTING -> RUNNING: pid %d answers" % pid)
+    assert "STOPPED -> STARTING: started" not in rig.agent.log(), "a second dockerd was started"
+    # Back to the rig's own config (a graceful reload restart).
+    mark = rig.mark()
+    rig.config = plain
+    write_config(rig.agent.config_path, plain)
+    rig.agent.signal(signal.SIGHUP)
+    rig.wait_log(mark, r"reload: applied")
+    rig.agent.wait_running(60, other_than=pid)
+    rig.assert_nothing_lost(dockerd_restarted=True)
+
+
+@case("a second agent started by hand")
+def second_agent(rig: Rig) -> None:
+    """`armhf-agent run` typed on a host where the service runs: refused at once, naming the running
+    agent; the first agent and its dockerd are untouched (before, the second adopted the service's
+    dockerd, and its Ctrl-C stopped production)."""
+    pid, agent_pid = rig.dockerd_pid(), rig.agent.proc.pid
+    out = subprocess.run([sys.executable, "-m", "agent", "--config", str(rig.agent.config_path), "run", "--no-metrics"],
+                         cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 75, f"exit {out.returncode}: {out.stderr}"
+    assert f"another armhf-agent (pid {agent_pid}) already runs" in out.stderr, out.stderr
+    assert rig.dockerd_pid() == pid and rig.agent.proc.poll() is None
+    rig.assert_nothing_lost(dockerd_restarted=False)
 
 
 def _container(rig: Rig, cid: str) -> tuple[int, str]:

@@ -16,7 +16,7 @@ from agentproc import AgentProcess, agent_config
 from conftest import requires_docker
 from harness import docker_cli, wait_for
 
-pytestmark = [requires_docker]
+pytestmark = [requires_docker, pytest.mark.dockerd, pytest.mark.slow]
 
 
 def free_port() -> int:

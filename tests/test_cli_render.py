@@ -55,4 +55,4 @@ def test_render_shim_bakes_in_the_payload_client(base):
 def test_render_shim_without_any_client_says_why(base):
     cfg = write_config(base / "a.toml", agent_config(base))
     r = cli("--config", str(cfg), "render-shim")
-    assert r.returncode == 1 and f"no docker client in {base}/payload" in r.stderr
+    assert r.returncode == 1 and f"no docker client to exec: none in {base}/payload" in r.stderr

@@ -292,6 +292,7 @@ def replace_mode(mode: str):
     return decide("aarch64", RAN if mode == "native" else ENOEXEC, P_OK if mode == "native" else P_EINVAL, [])
 
 
+@pytest.mark.dockerd
 @pytest.mark.skipif(not have_docker(), reason="needs root and docker.io")
 def test_stand_in_payload_is_a_warning_here_and_a_failure_on_arm(base, tmp_path):
     payload = make_payload(base / "payload")
@@ -358,6 +359,7 @@ def publish_state(config: AgentConfig, snapshot: Snapshot) -> None:
     Path(config.agent.run_dir, "state.json").write_text(snapshot.to_json())
 
 
+@pytest.mark.dockerd
 @pytest.mark.dockerd
 @pytest.mark.skipif(not have_docker(), reason="needs root and docker.io (dockerd)")
 def test_socket_taken_by_another_dockerd_and_by_the_agents_own(base, tmp_path, agent_process):
@@ -584,6 +586,7 @@ def test_this_machine_with_and_without_a_qemu_arm_handler(tmp_path):
                                                "(development mode)")
 
 
+@pytest.mark.dockerd
 @pytest.mark.skipif(not have_docker(), reason="needs root and docker.io")
 def test_this_machine_end_to_end(base, tmp_path):
     """The whole doctor on this x86_64 host with a stand-in payload: development-mode warnings, no failure."""

@@ -126,3 +126,21 @@ def test_rebind_flattens_stacked_binds(confined):
     assert r.returncode == 0, r.stderr
     assert seen_by(pid) == path.read_bytes()
     assert len(cpuinfo_mounts(pid)) == 1
+
+
+def test_rebind_refuses_a_pid_that_is_no_longer_the_dockerd_it_was_meant_for(confined):
+    # The agent hands over the start time it knows; a process that reused the pid has another one, and
+    # its namespace must not get our file (nor lose its own /proc/cpuinfo).
+    from agent.processes import Processes
+
+    pid, path = confined
+    ticks = Processes().start_ticks(pid)
+    replace(path, b"processor\t: 0\nCPU architecture: 7\nrewritten\n")
+    wrong = subprocess.run(HELPER + ["--rebind", str(pid), "--start-ticks", str(ticks + 1), "--cpuinfo", str(path)],
+                           capture_output=True, text=True)
+    assert wrong.returncode == 70 and "no longer the dockerd" in wrong.stderr
+    assert b"rewritten" not in seen_by(pid)
+    right = subprocess.run(HELPER + ["--rebind", str(pid), "--start-ticks", str(ticks), "--cpuinfo", str(path)],
+                           capture_output=True, text=True)
+    assert right.returncode == 0, right.stderr
+    assert b"rewritten" in seen_by(pid)

@@ -16,7 +16,10 @@ import pytest
 from packaging_support import (CACHE, REPO, RELEASE_PYTHON, Chroot, changelog_version, deb_field, release_debs,
                                why_no_chroots)
 
-needs_chroots = pytest.mark.skipif(why_no_chroots() is not None, reason=why_no_chroots() or "")
+def needs_chroots(test):
+    """Builds or installs the .deb in Debian chroots: root, mmdebstrap, minutes."""
+    skip = pytest.mark.skipif(why_no_chroots() is not None, reason=why_no_chroots() or "")
+    return skip(pytest.mark.chroot(pytest.mark.slow(test)))
 CONFFILE = "/etc/armhf-agent/agent.toml"
 APT_HOOK = "/etc/apt/apt.conf.d/80armhf-agent"
 VENV = "/opt/venvs/armhf-agent"

@@ -24,7 +24,7 @@ PAYLOAD_BINARIES = {"dockerd": "/usr/sbin/dockerd", "containerd": "/usr/bin/cont
 INNER_DOCKER = ["/usr/bin/docker", "-H", "unix:///var/run/docker.sock"]   # Debian's client, not the shim
 
 pytestmark = [
-    pytest.mark.slow,
+    pytest.mark.slow, pytest.mark.chroot, pytest.mark.dockerd,
     pytest.mark.skipif(why_no_chroots() is not None, reason=why_no_chroots() or ""),
     pytest.mark.skipif(not have_docker(), reason="needs root and docker.io (dockerd)"),
 ]

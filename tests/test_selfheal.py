@@ -22,7 +22,7 @@ from conftest import requires_docker
 from harness import REPO, docker_cli, make_payload, new_base, wait_for
 from tamper import TAMPERS, plant
 
-pytestmark = [requires_docker]
+pytestmark = [requires_docker, pytest.mark.dockerd, pytest.mark.slow]
 
 # Issue 3 promises a repair "within a second"; bench/ measures that (p50/p99). Tests do not assert on
 # speed: this bound only says the agent repaired on its own, well before its 10 s wait gives up, with room

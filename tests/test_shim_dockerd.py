@@ -13,7 +13,7 @@ from conftest import requires_docker
 from harness import which
 
 HIJACKED = "processor\t: 0\nmodel name\t: ARMv7 Processor rev 1 (v7l)\nCPU architecture: 7\n"
-pytestmark = [requires_docker, pytest.mark.dockerd]
+pytestmark = [requires_docker, pytest.mark.dockerd, pytest.mark.slow]
 
 
 def install(folder: Path, cpuinfo: Path) -> tuple[Path, Path]:

@@ -32,7 +32,7 @@ CPUINFO = "/hijacked armhf,cpuinfo"
 MOUNT = [b"--mount", mount_spec(CPUINFO).encode()]
 DASH = shutil.which("dash")
 
-pytestmark = pytest.mark.skipif(DASH is None, reason="needs dash")
+pytestmark = [pytest.mark.skipif(DASH is None, reason="needs dash"), pytest.mark.slow]
 
 TRICKY = [b"", b" ", b"a b", b"'", b'"', b"\n", b"*", b"?", b"[a]", b"--", b"-", b"$(id)", b"`id`",
           b"\\", b"-v", b"--mount", b"--platform", b"linux/amd64", b"/proc/cpuinfo", b"x:/proc/cpuinfo",

@@ -112,3 +112,58 @@ def test_symlink_at_the_path_is_not_followed(tmp_path):
     (tmp_path / "elsewhere").write_bytes(RUN)
     (tmp_path / "records").symlink_to(tmp_path / "elsewhere")
     assert ShimRecordReader(str(tmp_path / "records")).read_new() == []
+
+
+# -- the records file itself: created and kept by the agent (shim_records.ensure_records_file) -------
+
+
+def _expected_owner_mode():
+    import grp
+
+    try:
+        gid = grp.getgrnam("docker").gr_gid
+    except KeyError:
+        return 0, 0o600
+    return gid, 0o620
+
+
+def test_records_file_is_created_then_kept_with_its_owner_and_mode(tmp_path):
+    import os
+    import stat
+
+    from agent.fsops import DisplacedStore
+    from agent.shim_records import ensure_records_file
+
+    path = tmp_path / "run" / "shim-records"
+    store = DisplacedStore(str(tmp_path / "state"))
+    gid, mode = _expected_owner_mode()
+    assert ensure_records_file(str(path), store) is None
+    st = os.lstat(path)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, gid, mode)
+    path.write_bytes(b"1 - run 1 - -\n")
+    inode = st.st_ino
+    os.chmod(path, 0o666)
+    os.chown(path, 1000, 1000)
+    assert ensure_records_file(str(path), store) is None
+    st = os.lstat(path)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, gid, mode)
+    assert st.st_ino == inode and path.read_bytes() == b"1 - run 1 - -\n", "fixed in place: the records stay"
+
+
+def test_a_symlink_at_the_records_path_is_moved_aside_never_written_through(tmp_path):
+    import os
+
+    from agent.fsops import DisplacedStore
+    from agent.shim_records import ensure_records_file
+
+    (tmp_path / "run").mkdir()
+    path = tmp_path / "run" / "shim-records"
+    victim = tmp_path / "shadow"
+    victim.write_bytes(b"root:x:0:\n")
+    os.chmod(victim, 0o600)
+    path.symlink_to(victim)
+    store = DisplacedStore(str(tmp_path / "state"))
+    assert ensure_records_file(str(path), store) is None
+    assert path.is_file() and not path.is_symlink() and path.read_bytes() == b""
+    assert victim.read_bytes() == b"root:x:0:\n" and (victim.stat().st_mode & 0o777) == 0o600
+    assert any(p.is_symlink() for p in (tmp_path / "state" / "displaced").iterdir())

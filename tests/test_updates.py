@@ -17,11 +17,13 @@ import tarfile
 from pathlib import Path
 
 from agent import payload as payloads
+import pytest
+
 from agentproc import AgentProcess, agent_config, write_config
 from conftest import requires_docker
 from harness import REPO, SYSTEM_BINARIES, make_payload, ping, wait_for, which
 
-pytestmark = [requires_docker]
+pytestmark = [requires_docker, pytest.mark.dockerd, pytest.mark.slow]
 
 
 def cli(config_path: Path, *args: str) -> subprocess.CompletedProcess:
