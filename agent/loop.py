@@ -94,7 +94,7 @@ class Agent:
         c = self.config
         self.api = DockerApi(c.docker.socket_path)
         self.store = DisplacedStore(c.agent.state_dir, clock=self.clock)
-        self.cpuinfo_source = CpuinfoSource(c.cpuinfo.variant, self.processes)
+        self.cpuinfo_source = CpuinfoSource(c.cpuinfo.profile, self.processes)
         self.cpuinfo_file = ManagedFile("cpuinfo", c.cpuinfo.path, 0o644, cpuinfo_marker(), self.store, self.clock)
         self.shim_file = ManagedFile("shim", c.shim.path, 0o755, SHIM_MARKER, self.store, self.clock)
         if not hasattr(self, "supervisor"):
@@ -184,7 +184,13 @@ class Agent:
     def _ensure_files(self, payload: payloads.Payload, full_check: bool) -> None:
         c = self.config
         if full_check or self.cpuinfo_file.desired is None:
-            self.cpuinfo_file.set_desired(self.cpuinfo_source.render())
+            try:
+                self.cpuinfo_file.set_desired(self.cpuinfo_source.render())
+                self.errors.clear("render-cpuinfo")
+            except CpuinfoError as exc:
+                # Nothing is written: the file on disk (if any) stays, reported "not ok" with the reason.
+                self.cpuinfo_file.set_desired(None, f"cannot render: {exc}")
+                self.errors("render-cpuinfo", logging.ERROR, "cpuinfo: cannot render %s: %s", c.cpuinfo.path, exc)
         client = c.shim.client or payload.client
         if client:
             self.shim_file.set_desired(shim_content(client, c.cpuinfo.path, records_path(c), __version__))
@@ -248,7 +254,9 @@ class Agent:
         spec = None
         if not payload.ok:
             blocked = "payload " + "; ".join(payload.problems)
-        elif self.cpuinfo_file.last_problem is not None and self.config.cpuinfo.daemon:
+        elif self.config.cpuinfo.daemon and (self.cpuinfo_file.last_problem is not None
+                                              or self.cpuinfo_file.desired is None):
+            # A dockerd already running keeps its view; a new one waits for a file to be bound.
             blocked = f"cpuinfo file not in place ({self.cpuinfo_file.describe().problem})"
         else:
             refused = self.tracker.personality_refused(self.config.docker.personality)
@@ -344,6 +352,7 @@ class Agent:
             exec_mode=self.exec_mode[0], exec_detail=self.exec_mode[1], reloads=dict(self.reloads),
             dockerd=self.supervisor.snapshot(self.platform), payload=self.tracker.describe(),
             files=(self.cpuinfo_file.describe(), self.shim_file.describe()),
+            cpuinfo=self.cpuinfo_source.describe(),
         )
 
     def status_line(self, snap: Snapshot) -> str:
