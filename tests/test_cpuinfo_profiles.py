@@ -176,6 +176,8 @@ def test_a_profile_within_the_host_renders(name, host):
     assert exceeding(get_profile(name).features, host_features(host_dump(host))) == []
     out = hijack(host_dump(host), name, 3)
     assert {b.get("Features") for b in processor_blocks(out)} == {" ".join(get_profile(name).features)}
+    # The host's own board lines (a Pi 3's Hardware/Revision/Serial) are not the profile's board.
+    assert [b for b in parse(out) if not b.is_processor] == []
 
 
 def test_hidden_features_are_the_hosts_minus_the_profiles():
@@ -271,6 +273,43 @@ def test_containerd_variant_of_every_rendered_file(name, host, online):
     assert len(blocks) == online and out.startswith("processor\t: 0\n")
     assert {b.get("Features") for b in blocks} == {" ".join(profile.features)}
     assert hijack(out, name, online) == out       # a rendered profile runs its own features
+
+
+@st.composite
+def mangled_dump(draw):
+    """A real dump with lines dropped, repeated, moved or cut, and blank lines put in: what a broken
+    kernel, a truncated copy or a hand edit gives."""
+    lines = host_dump(draw(st.sampled_from(HOST_DUMPS))).split("\n")
+    for _ in range(draw(st.integers(0, 8))):
+        at = draw(st.integers(0, len(lines)))
+        action = draw(st.sampled_from(["drop", "repeat", "move", "blank", "cut"]))
+        if not lines:
+            break
+        at = min(at, len(lines) - 1)
+        if action == "drop":
+            del lines[at]
+        elif action == "repeat":
+            lines.insert(at, lines[at])
+        elif action == "move":
+            lines.insert(draw(st.integers(0, len(lines))), lines.pop(at))
+        elif action == "blank":
+            lines.insert(at, "")
+        else:
+            lines[at] = lines[at][:draw(st.integers(0, len(lines[at])))]
+    return "\n".join(lines)
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=st.one_of(mangled_dump(), st.text(max_size=400)), name=st.sampled_from(["host", *SHIPPED]),
+       online=st.one_of(st.none(), st.integers(1, 16)))
+def test_any_input_is_rendered_or_refused_with_a_cpuinfo_error(text, name, online):
+    try:
+        out = hijack(text, name, online)
+    except CpuinfoError as exc:
+        assert str(exc)
+        return
+    variant = "v7" if name == "host" else get_profile(name).variant
+    assert containerd_variant(out) == variant and check(out, variant) == []
 
 
 # --- the packaged data ships ---------------------------------------------------------------------------

@@ -154,6 +154,13 @@ def test_the_cpuinfo_profile_in_status(tmp_path, agent_process):
     assert render_json(read_status(config_for(tmp_path / "elsewhere"), NOW))["cpuinfo"] is None
 
 
+def test_the_schema_requires_exactly_what_status_prints(tmp_path, agent_process):
+    write_state(tmp_path / "run", healthy_snapshot(agent_process.pid))
+    doc = render_json(read_status(config_for(tmp_path / "run"), NOW))
+    assert set(doc) == set(STATUS_SCHEMA["required"]) == set(STATUS_SCHEMA["properties"])
+    assert set(doc["cpuinfo"]) == set(STATUS_SCHEMA["properties"]["cpuinfo"]["required"])
+
+
 def test_a_state_file_from_before_profiles_still_reads(tmp_path, agent_process):
     old = json.loads(healthy_snapshot(agent_process.pid).to_json())
     del old["cpuinfo"]
