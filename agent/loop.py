@@ -183,7 +183,8 @@ class Agent:
 
     def _ensure_files(self, payload: payloads.Payload, full_check: bool) -> None:
         c = self.config
-        if full_check or self.cpuinfo_file.desired is None:
+        # After a failed render, retried at full checks (each render reads the kernel's view).
+        if full_check or (self.cpuinfo_file.desired is None and not self.cpuinfo_file.unavailable):
             try:
                 self.cpuinfo_file.set_desired(self.cpuinfo_source.render())
                 self.errors.clear("render-cpuinfo")

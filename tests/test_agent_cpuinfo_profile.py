@@ -23,7 +23,9 @@ PI3_FEATURES = "half thumb fastmult vfp edsp neon vfpv3 tls vfpv4 idiva idivt vf
 def make_agent(base: Path, profile: str) -> Agent:
     make_payload(base / "payload")
     (base / "bin").mkdir()
-    loaded = load_config(str(write_config(base / "agent.toml", agent_config(base, cpuinfo__profile=profile))))
+    # Full checks only when a test asks for one (flags), not by the clock.
+    config = agent_config(base, cpuinfo__profile=profile, agent__check_interval_seconds=3600)
+    loaded = load_config(str(write_config(base / "agent.toml", config)))
     return Agent(loaded, processes=RefusingProcesses(), notifier=RecordingNotifier())
 
 
@@ -32,6 +34,13 @@ def fake_sys(base: Path) -> Path:
     online.parent.mkdir(parents=True)
     online.write_text("0-3\n")
     return base / "sys"
+
+
+def full_check(agent: Agent) -> None:
+    """A step that re-checks everything (SIGUSR1, or every check_interval_seconds): a failed render is
+    retried then, not on every step."""
+    agent.flags.add("check")
+    agent.step()
 
 
 def cpuinfo_file(agent: Agent):
@@ -46,8 +55,13 @@ def test_a_profile_the_host_cannot_run_leaves_the_file_not_ok_and_the_old_one_in
     # A Raspberry Pi 2 as the host (armv7l kernel): its Cortex-A7 has no crc32.
     agent.cpuinfo_source = CpuinfoSource("raspberrypi3-32", sys_root=str(sys_root), machine="armv7l",
                                          read_native=lambda: (FIXTURES / "raspberrypi2.txt").read_text())
-    for _ in range(2):
+    calls = []
+    read_native = agent.cpuinfo_source.read_native
+    agent.cpuinfo_source.read_native = lambda: calls.append(1) or read_native()
+    for _ in range(3):
         agent.step()
+    # Rendered at the first (full) step only; the steps in between do not re-read the kernel's view.
+    assert len(calls) == 1
     f = cpuinfo_file(agent)
     assert not f.ok
     assert f.problem.startswith("cannot render: profile 'raspberrypi3-32' claims crc32, which this host cannot run")
@@ -60,7 +74,7 @@ def test_a_profile_the_host_cannot_run_leaves_the_file_not_ok_and_the_old_one_in
     online = sys_root / "devices" / "system" / "cpu" / "online"
     online.unlink()
     os.mkfifo(online)
-    agent.step()
+    full_check(agent)
     assert f"{online}: is a FIFO, not a regular file" in cpuinfo_file(agent).problem
 
     # A host that runs the profile (an arm64 kernel, Mate 20's Cortex-A76/A55): rendered and in place.
@@ -69,7 +83,7 @@ def test_a_profile_the_host_cannot_run_leaves_the_file_not_ok_and_the_old_one_in
     agent.cpuinfo_source = CpuinfoSource("raspberrypi3-32", sys_root=str(sys_root), machine="aarch64",
                                          read_native=lambda: (FIXTURES / "huawei-mate-20.txt").read_text(),
                                          read_compat=lambda: None)
-    agent.step()
+    full_check(agent)
     assert cpuinfo_file(agent).ok, cpuinfo_file(agent).problem
     text = path.read_text()
     assert text.count("processor\t:") == 6 and f"Features\t: {PI3_FEATURES}\n" in text
