@@ -8,7 +8,7 @@ import os
 import sys
 
 from . import __version__
-from .config import EXIT_CONFIG, ConfigError, LoadedConfig, effective_toml, load_config, resolve_path
+from .config import ENV_PREFIX, EXIT_CONFIG, ConfigError, LoadedConfig, effective_toml, load_config, resolve_path
 
 log = logging.getLogger("armhf-agent")
 
@@ -64,6 +64,7 @@ def cmd_run(args) -> int:
 
 def cmd_check_config(args) -> int:
     loaded = _load(args)
+    _check_profile_on_this_host(loaded)
     if args.effective:
         sys.stdout.write(effective_toml(loaded.config))
     else:
@@ -71,20 +72,53 @@ def cmd_check_config(args) -> int:
     return 0
 
 
+def _check_profile_on_this_host(loaded: LoadedConfig) -> None:
+    """The one cpuinfo check config validation cannot make: a profile may only hide features, so
+    one naming a feature this host cannot run is refused, naming it (the agent refuses to render it too)."""
+    from .config import ConfigProblem, _line_of
+    from .cpuinfo import HOST, CpuinfoError
+    from .hijack import CpuinfoSource
+
+    name = loaded.config.cpuinfo.profile
+    if name == HOST:
+        return
+    try:
+        beyond, host = CpuinfoSource(name).exceeding()
+    except CpuinfoError as exc:
+        print(f"armhf-agent: warning: cannot check cpuinfo.profile {name!r} against this host: {exc}", file=sys.stderr)
+        return
+    if not beyond:
+        return
+    env = f"{ENV_PREFIX}CPUINFO__PROFILE"
+    if env in os.environ:
+        where = f"env {env}"
+    else:
+        line = next(filter(None, (_line_of(loaded.source_text, ("cpuinfo", key)) for key in ("profile", "variant"))), None)
+        where = f"{loaded.path}:{line}" if line else (loaded.path or "<defaults>")
+    raise ConfigError(loaded.path, [ConfigProblem(
+        where, "cpuinfo.profile", f"{name!r} claims {' '.join(beyond)}, which this host cannot run "
+        f"(its 32-bit Features: {' '.join(host) or 'none'}); a profile may only hide features")])
+
+
 def cmd_render_cpuinfo(args) -> int:
     from . import cpuinfo
     from .hijack import CpuinfoSource
 
     config = _load(args, defaults_if_missing=True).config
-    if args.from_file:
-        try:
-            text = open(args.from_file, encoding="utf-8").read()
-        except OSError as exc:
-            print(f"armhf-agent: cannot read {args.from_file}: {exc.strerror}", file=sys.stderr)
-            return 1
-        sys.stdout.write(cpuinfo.hijack(text, config.cpuinfo.variant, cpuinfo.online_cpu_count()))
-        return 0
-    sys.stdout.write(CpuinfoSource(config.cpuinfo.variant).render().decode())
+    try:
+        if args.from_file:
+            # The dump stands for the host: its own CPU count, its features checked against the profile.
+            text = cpuinfo.read_text_file(args.from_file)
+            try:
+                out = cpuinfo.hijack(text, config.cpuinfo.profile)
+            except cpuinfo.CpuinfoError as exc:
+                raise cpuinfo.CpuinfoError(f"{args.from_file}: {exc}") from None
+        else:
+            out = CpuinfoSource(config.cpuinfo.profile).render().decode()
+    except cpuinfo.CpuinfoError as exc:
+        print(f"armhf-agent render-cpuinfo: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(out)
     return 0
 
 
@@ -211,8 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_install_docker)
 
     s = sub.add_parser("render-cpuinfo", help="print the hijacked cpuinfo the agent would write",
-                       description="Print the hijacked /proc/cpuinfo the agent would write for this host.")
-    s.add_argument("--from", dest="from_file", metavar="FILE", help="transform this cpuinfo dump instead of the live kernel's")
+                       description="Print the hijacked /proc/cpuinfo the agent would write for this host, "
+                                   "with the configured cpuinfo.profile.")
+    s.add_argument("--from", dest="from_file", metavar="FILE",
+                   help="transform this cpuinfo dump instead of the live kernel's (the dump's own CPU count)")
     s.set_defaults(func=cmd_render_cpuinfo)
 
     s = sub.add_parser("render-shim", help="print the docker shim the agent would install",

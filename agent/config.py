@@ -19,6 +19,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
+from .cpuinfo import HOST, CpuinfoError, get_profile, profile_variant
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10 (Ubuntu 22.04)
@@ -97,8 +99,49 @@ class CpuinfoSection(Section):
     path: str = "/hijacked-armhf-cpuinfo"
     daemon: bool = True
     variant: Literal["v7", "v6"] = "v7"
+    profile: str = "host"
 
     _abs = field_validator("path")(_absolute)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unset_key_follows_the_other(cls, data: Any) -> Any:
+        """Only one of variant/profile set (or profile = ""): the other follows it. variant "v6"
+        alone means raspberrypi1, never the host's own features: no ARMv6 board has NEON, VFPv4,
+        idiv or crypto, and build probes that find them produce binaries that SIGILL on a Pi 1."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if data.get("profile") == "":
+            del data["profile"]
+        if "profile" in data and "variant" not in data and isinstance(data["profile"], str):
+            try:
+                data["variant"] = profile_variant(data["profile"])
+            except CpuinfoError:
+                pass        # reported by the profile's own validator, with its line
+        elif "variant" in data and "profile" not in data and data["variant"] == "v6":
+            data["profile"] = "raspberrypi1"
+        return data
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile_of_the_variant(cls, value: str, info) -> str:
+        # Static checks only; whether this host runs every feature the profile names needs the live
+        # host: `check-config` and the agent's render check that (agent/hijack.py).
+        try:
+            profile = get_profile(value)
+        except CpuinfoError as exc:
+            raise ValueError(str(exc)) from None
+        variant = info.data.get("variant")
+        if variant is None:         # invalid itself, reported on its own
+            return value
+        if profile is None and variant == "v6":
+            raise ValueError(f"{HOST!r} shows this host's own features (NEON, VFPv4, idiv, ...), which no ARMv6 "
+                             "board has: with variant = \"v6\" set profile = \"raspberrypi1\"")
+        if profile is not None and profile.variant != variant:
+            raise ValueError(f"{value!r} ({profile.description}) is a linux/arm/{profile.variant} profile but "
+                             f"variant is {variant!r}: set variant = \"{profile.variant}\" (or leave it out)")
+        return value
 
 
 class ShimSection(Section):

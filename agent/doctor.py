@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol, TextIO
 
+from agent import cpuinfo
 from agent import payload as payloads
 from agent.aarch32 import (ARM_HOST_MACHINES, DEFAULT_BINFMT_ROOT, Aarch32Report, Runner, SubprocessRunner, detect,
                            is_arm64)
@@ -396,6 +397,37 @@ def check_managed_files(config: AgentConfig, live: AgentLiveness) -> Check:
     return Check("managed-files", PASS, f"agent not running; {config.cpuinfo.path} and {config.shim.path} present")
 
 
+def check_cpuinfo_profile(config: AgentConfig, root: HostRoot, live: AgentLiveness) -> Check:
+    """The profile in force, and which of this host's features it hides (or claims without the host
+    having them). The host's features: its own cpuinfo in the 32-bit view; the template on a non-Arm
+    development host (what the agent renders there)."""
+    name = config.cpuinfo.profile
+    try:
+        profile = cpuinfo.get_profile(name)
+        text = (cpuinfo.host_view(root.machine, lambda: cpuinfo.read_text_file(f"{root.proc}/cpuinfo"),
+                                  lambda: None) if root.arm else cpuinfo.template_compat())
+        host = cpuinfo.host_features(text)
+    except cpuinfo.CpuinfoError as exc:
+        return Check("cpuinfo-profile", WARN, f"profile {name}: cannot compare with this host: {exc}",
+                     "armhf-agent render-cpuinfo shows what the agent would write")
+    running = ""
+    if live.running and live.snapshot.cpuinfo.profile and live.snapshot.cpuinfo.profile != name:
+        running = f"; the running agent still shows {live.snapshot.cpuinfo.profile} (systemctl reload armhf-agent)"
+    if profile is None:
+        return Check("cpuinfo-profile", PASS, f"profile host: this host's own features ({' '.join(host)}){running}")
+    beyond = cpuinfo.exceeding(profile.features, host)
+    if beyond:
+        return Check("cpuinfo-profile", FAIL,
+                     f"profile {name} claims {' '.join(beyond)}, which this host cannot run "
+                     f"(its 32-bit Features: {' '.join(host)}){running}",
+                     "choose a profile this host can show (a profile may only hide features), or profile = \"host\"")
+    hides = cpuinfo.hidden(profile.features, host)
+    return Check("cpuinfo-profile", PASS,
+                 f"profile {name} ({profile.description}, linux/arm/{profile.variant}): "
+                 + (f"hides {' '.join(hides)} of this host's features" if hides else "hides none of this host's features")
+                 + running)
+
+
 def check_cgroups(root: HostRoot) -> Check:
     v1, v2 = [], []
     for line in _read(f"{root.proc}/mounts").splitlines():
@@ -439,6 +471,7 @@ def run_checks(config: AgentConfig, root: HostRoot, config_error: str | None = N
         check_shim_precedence(config, root),
         check_config(config_error),
         check_managed_files(config, live),
+        check_cpuinfo_profile(config, root, live),
         check_cgroups(root),
         check_overlay(root),
     ]

@@ -79,7 +79,7 @@ class Agent:
         c = self.config
         self.api = DockerApi(c.docker.socket_path)
         self.store = DisplacedStore(c.agent.state_dir, clock=self.clock)
-        self.cpuinfo_source = CpuinfoSource(c.cpuinfo.variant, self.processes)
+        self.cpuinfo_source = CpuinfoSource(c.cpuinfo.profile, self.processes)
         self.files = {spec.name: ManagedFile(spec, spec.path_of(c), self.store, self.clock) for spec in MANAGED_FILES}
         self.supervisor = DockerdSupervisor(Timings.from_config(c), self.processes, self.api, self.clock,
                                             c.docker.log_file or None)
@@ -103,7 +103,7 @@ class Agent:
             self.store = DisplacedStore(c.agent.state_dir, clock=self.clock)
         for spec in MANAGED_FILES:
             self.files[spec.name].retarget(spec.path_of(c), self.store)
-        self.cpuinfo_source.variant = c.cpuinfo.variant
+        self.cpuinfo_source.reconfigure(c.cpuinfo.profile)
         self.tracker.reconfigure(c)
         self.api.sock_path = c.docker.socket_path
         self.supervisor.log_path = c.docker.log_file or None
@@ -197,15 +197,17 @@ class Agent:
     def _ensure_files(self, payload, full_check: bool) -> None:
         c = self.config
         cpuinfo_file = self.cpuinfo_file
-        if full_check or cpuinfo_file.desired is None:
+        # After a failed first render, retried at full checks only (each render reads the kernel's view).
+        if full_check or (cpuinfo_file.desired is None and not cpuinfo_file.unavailable):
             try:
                 cpuinfo_file.set_desired(self.cpuinfo_source.render())
+                self.errors.clear("render-cpuinfo")
             except CpuinfoError as exc:
                 if cpuinfo_file.desired is None:
                     cpuinfo_file.set_desired(None, f"cannot render the cpuinfo: {exc}")
                 else:
                     cpuinfo_file.set_render_error(f"cannot render the cpuinfo (the previous file stays): {exc}")
-                self.errors("render-cpuinfo", logging.ERROR, "cpuinfo: cannot render: %s", exc)
+                self.errors("render-cpuinfo", logging.ERROR, "cpuinfo: cannot render %s: %s", c.cpuinfo.path, exc)
         client, why_not = shim_client(c, payload, *self.exec_mode)
         if client:
             self.shim_file.set_desired(shim_content(client, c.cpuinfo.path, records_path(c), __version__))
@@ -346,7 +348,7 @@ class Agent:
             metrics_url=self.metrics.url if self.metrics else "",
             exec_mode=self.exec_mode[0], exec_detail=self.exec_mode[1], reloads=dict(self.reloads),
             dockerd=self.supervisor.snapshot(self.platform), payload=self.tracker.describe(),
-            files=tuple(f.describe() for f in self.files.values()),
+            files=tuple(f.describe() for f in self.files.values()), cpuinfo=self.cpuinfo_source.describe(),
         )
 
     def _publish(self) -> bool:

@@ -70,6 +70,14 @@ class FileState:
 
 
 @dataclass(frozen=True)
+class CpuinfoState:
+    profile: str = ""                      # "host" or a device profile (agent/data/cpuinfo-profiles)
+    variant: str = ""                      # "v7" | "v6": what containerd derives from the file
+    features: tuple[str, ...] = ()         # the Features line the hijacked file shows
+    hidden_features: tuple[str, ...] = ()  # this host's 32-bit features the file does not show
+
+
+@dataclass(frozen=True)
 class Snapshot:
     schema: int = SCHEMA_VERSION
     version: str = ""                      # agent version
@@ -86,6 +94,7 @@ class Snapshot:
     dockerd: DockerdState = DockerdState()
     payload: PayloadState = PayloadState()
     files: tuple[FileState, ...] = ()
+    cpuinfo: CpuinfoState = CpuinfoState()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
@@ -100,4 +109,6 @@ class Snapshot:
         top["dockerd"] = DockerdState(**known(DockerdState, data.get("dockerd", {})))
         top["payload"] = PayloadState(**known(PayloadState, data.get("payload", {})))
         top["files"] = tuple(FileState(**known(FileState, f)) for f in data.get("files", ()))
+        cpu = known(CpuinfoState, data.get("cpuinfo") or {})
+        top["cpuinfo"] = CpuinfoState(**{k: tuple(v) if isinstance(v, list) else v for k, v in cpu.items()})
         return cls(**top)

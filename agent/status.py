@@ -182,10 +182,21 @@ def render_human(report: StatusReport) -> str:
             text += f", {_duration(now - f.last_repair_at)} ago)" if f.last_repair_at else ")"
         files.append(text)
     lines.append("files: " + ("; ".join(files) or "none reported"))
+    lines.append(f"cpuinfo: {_cpuinfo_line(s)}")
     lines.append(f"exec: {s.exec_mode}" + (f" ({s.exec_detail})" if s.exec_detail else ""))
     lines.append(f"metrics: {s.metrics_url or 'off'}")
     lines.extend(f"degraded: {problem}" for problem in report.problems)
     return "\n".join(lines) + "\n"
+
+
+def _cpuinfo_line(s: Snapshot) -> str:
+    c = s.cpuinfo
+    if not c.profile:
+        return "profile unknown (an agent older than cpuinfo profiles)"
+    if not c.features:
+        return f"profile {c.profile}: not rendered (see files)"
+    hides = f"; hides {' '.join(c.hidden_features)}" if c.hidden_features else ""
+    return f"profile {c.profile} (linux/arm/{c.variant}): {' '.join(c.features)}{hides}"
 
 
 def render_json(report: StatusReport) -> dict[str, Any]:
@@ -197,7 +208,7 @@ def render_json(report: StatusReport) -> dict[str, Any]:
         "problems": list(report.problems),
         "checked_at": report.now,
         "agent": None, "dockerd": None, "payload": None, "platform": None,
-        "files": [], "exec": None, "metrics_url": None,
+        "files": [], "exec": None, "metrics_url": None, "cpuinfo": None,
     }
     if s is None:
         return doc
@@ -216,6 +227,8 @@ def render_json(report: StatusReport) -> dict[str, Any]:
                      "repairs_total": sum(f.repairs.values()), "last_repair_reason": f.last_repair_reason,
                      "last_repair_at": f.last_repair_at} for f in s.files]
     doc["exec"] = {"mode": s.exec_mode, "detail": s.exec_detail}
+    doc["cpuinfo"] = {"profile": s.cpuinfo.profile, "variant": s.cpuinfo.variant,
+                      "features": list(s.cpuinfo.features), "hidden_features": list(s.cpuinfo.hidden_features)}
     doc["metrics_url"] = s.metrics_url or None
     return doc
 

@@ -130,20 +130,17 @@ def test_render_is_the_kernels_layout(name):
 # --- hijack ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ALL_DUMPS)
-@pytest.mark.parametrize("variant", ["v7", "v6"])
-def test_hijack_every_dump(name, variant):
-    out = hijack(dump(name), variant)
+def test_hijack_every_dump(name):
+    out = hijack(dump(name))
 
-    assert check(out, variant) == []
-    assert containerd_variant(out) == variant
+    assert check(out, "v7") == []
+    assert containerd_variant(out) == "v7"
     source = processors(compat_source(name))
     hijacked = processors(out)
     assert len(hijacked) == len(source)
     for mine, real in zip(hijacked, source):
         assert mine["CPU architecture"] == "7"
-        expected_model = ("ARMv6-compatible processor rev 7 (v6l)" if variant == "v6"
-                          else f"ARMv7 Processor rev {real['CPU revision']} (v7l)")
-        assert mine["model name"] == expected_model
+        assert mine["model name"] == f"ARMv7 Processor rev {real['CPU revision']} (v7l)"
         untouched = {k: v for k, v in real.items() if k not in ("model name", "CPU architecture")}
         assert {k: v for k, v in mine.items() if k not in ("model name", "CPU architecture")} == untouched
     assert global_blocks(out) == global_blocks(compat_source(name))
@@ -158,9 +155,6 @@ def test_hijack_detects_a_native_view(name):
 def test_real_armv7_boards_stay_the_same(name):
     # Already what a hijacked file should look like: nothing to change but the layout.
     assert parse(hijack(dump(name))) == parse(dump(name))
-    v6 = processors(hijack(dump(name), "v6"))
-    assert [{k: v for k, v in p.items() if k != "model name"} for p in v6] == \
-        [{k: v for k, v in p.items() if k != "model name"} for p in processors(dump(name))]
 
 
 def test_hijack_rewrites_every_architecture_line_in_any_case():
@@ -196,32 +190,32 @@ def test_kernel_numbering_is_kept_when_the_count_already_matches():
     assert [p["processor"] for p in processors(hijack(text, online_cpus=3))] == ["0", "1", "2"]
 
 
-@pytest.mark.parametrize("text, variant, online, message", [
-    ("Hardware : BCM2709\n", "v7", None, "no 'processor' block"),
-    ("processor : 0\nFeatures : half thumb\n", "v7", None, "processor 0: no 'CPU revision' line"),
-    ("processor : 3\nFeatures : half thumb\nCPU revision : r1\n", "v7", None,
+@pytest.mark.parametrize("text, profile, online, message", [
+    ("Hardware : BCM2709\n", "host", None, "no 'processor' block"),
+    ("processor : 0\nFeatures : half thumb\n", "host", None, "processor 0: no 'CPU revision' line"),
+    ("processor : 3\nFeatures : half thumb\nCPU revision : r1\n", "host", None,
      "processor 3: 'CPU revision' 'r1' is not a number"),
-    ("processor : 0\nCPU revision : 1\n", "v8", None, "variant 'v8'"),
-    ("processor : 0\nCPU revision : 1\n", "v7", 0, "online CPU count 0"),
-    ("processor : 0\nthis is no cpuinfo\n", "v7", None, "line 2: 'this is no cpuinfo'"),
+    ("processor : 0\nCPU revision : 1\n", "v8", None, "no cpuinfo profile 'v8' (there are: host, armv7, "),
+    ("processor : 0\nCPU revision : 1\n", "host", 0, "online CPU count 0"),
+    ("processor : 0\nthis is no cpuinfo\n", "host", None, "line 2: 'this is no cpuinfo'"),
 ])
-def test_hijack_names_what_is_wrong_with_its_input(text, variant, online, message):
+def test_hijack_names_what_is_wrong_with_its_input(text, profile, online, message):
     with pytest.raises(CpuinfoError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        hijack(text, variant, online)
+        hijack(text, profile, online)
 
 
 @settings(max_examples=300, deadline=None)
-@given(name=st.sampled_from(ALL_DUMPS), variant=st.sampled_from(["v7", "v6"]), online=st.integers(1, 256))
-def test_hijack_property(name, variant, online):
-    out = hijack(dump(name), variant, online)
-    assert check(out, variant) == []
-    assert containerd_variant(out) == variant
+@given(name=st.sampled_from(ALL_DUMPS), online=st.integers(1, 256))
+def test_hijack_property(name, online):
+    out = hijack(dump(name), "host", online)
+    assert check(out, "v7") == []
+    assert containerd_variant(out) == "v7"
     numbers = [p["processor"] for p in processors(out)]
     assert len(numbers) == online
     if online != len(processors(dump(name))):
         assert numbers == [str(n) for n in range(online)]
     assert sum(line.startswith("processor") for line in out.splitlines()) == online
-    assert hijack(out, variant, online) == out
+    assert hijack(out, "host", online) == out
 
 
 # --- template (non-Arm hosts) ---------------------------------------------------------------------
@@ -229,9 +223,9 @@ def test_hijack_property(name, variant, online):
 @pytest.mark.skipif(platform.machine() in ("aarch64", "armv7l", "armv8l"), reason="template is for non-Arm hosts")
 def test_template_on_this_host():
     online = online_cpu_count()
-    out = render_for_host(platform.machine(), online, "v7", must_not_read, must_not_read)
+    out = render_for_host(platform.machine(), online, "host", must_not_read, must_not_read)
 
-    assert out == template(online, "v7")
+    assert out == template(online)
     assert check(out, "v7") == []
     assert containerd_variant(out) == "v7"
     cpus = processors(out)
@@ -243,7 +237,7 @@ def test_template_on_this_host():
 
 
 def test_template_v6():
-    out = template(3, "v6")
+    out = template(3, "raspberrypi1")
     assert check(out, "v6") == []
     assert containerd_variant(out) == "v6"
     assert len(processors(out)) == 3
@@ -260,7 +254,7 @@ GOOD = hijack(dump("oneplus-3t.armeabi.txt"))
     (GOOD.replace("CPU architecture: 7", "CPU architecture: 8", 1), "v7",
      "line 6: the first 'CPU architecture' line says '8'", "v8"),
     ("cpu ARCHITECTURE : 8\n" + GOOD, "v7", "line 1: the first 'CPU architecture' line says '8'", "v8"),
-    (hijack(dump("oneplus-3t.armeabi.txt"), "v6"), "v7", "starts with 'ARMv6-compatible'", "v6"),
+    (hijack(dump("oneplus-3t.armeabi.txt"), "raspberrypi1"), "v7", "starts with 'ARMv6-compatible'", "v6"),
     (GOOD, "v6", "'ARMv7 Processor rev 1 (v7l)' does not start with 'ARMv6-compatible'", "v7"),
     (GOOD.replace("model name", "modelname"), "v6", "model name missing does not start", "v7"),
     ("CPU architecture: 7\nmodel name\t: ARMv7 Processor rev 1 (v7l)\n", "v7", "no 'processor' line", "v7"),
@@ -308,29 +302,29 @@ def test_containerd_variant_of_real_dumps(name, expected):
 # --- render_for_host ------------------------------------------------------------------------------
 
 def test_aarch64_host_uses_the_kernels_compat_view():
-    out = render_for_host("aarch64", 4, "v7", must_not_read, lambda: dump("galaxy-s7-us.armeabi.txt"))
-    assert out == hijack(dump("galaxy-s7-us.armeabi.txt"), "v7", 4)
+    out = render_for_host("aarch64", 4, "host", must_not_read, lambda: dump("galaxy-s7-us.armeabi.txt"))
+    assert out == hijack(dump("galaxy-s7-us.armeabi.txt"), "host", 4)
 
 
 def test_aarch64_host_without_compat_view_builds_it_from_the_native_one():
-    out = render_for_host("aarch64", 8, "v6", lambda: dump("huawei-mate-20.txt"), lambda: None)
-    assert out == hijack(to_compat(dump("huawei-mate-20.txt")), "v6", 8)
+    out = render_for_host("aarch64", 8, "raspberrypi1", lambda: dump("huawei-mate-20.txt"), lambda: None)
+    assert out == hijack(to_compat(dump("huawei-mate-20.txt")), "raspberrypi1", 8)
 
 
 @pytest.mark.parametrize("machine", ["armv7l", "armv8l"])
 def test_32bit_host_uses_its_own_view(machine):
-    out = render_for_host(machine, 4, "v7", lambda: dump("raspberrypi3.txt"), must_not_read)
-    assert out == hijack(dump("raspberrypi3.txt"), "v7", 4)
+    out = render_for_host(machine, 4, "host", lambda: dump("raspberrypi3.txt"), must_not_read)
+    assert out == hijack(dump("raspberrypi3.txt"), "host", 4)
 
 
 @pytest.mark.parametrize("machine", ["armv6l", "armv5tel", "aarch64_be"])
 def test_arm_hosts_that_cannot_run_armv7_are_refused(machine):
     with pytest.raises(CpuinfoError, match=machine):
-        render_for_host(machine, 1, "v7", must_not_read, must_not_read)
+        render_for_host(machine, 1, "host", must_not_read, must_not_read)
 
 
 def test_non_arm_host_gets_the_template():
-    assert render_for_host("riscv64", 5, "v6", must_not_read, must_not_read) == template(5, "v6")
+    assert render_for_host("riscv64", 5, "raspberrypi1", must_not_read, must_not_read) == template(5, "raspberrypi1")
 
 
 # --- online CPUs ----------------------------------------------------------------------------------
@@ -358,7 +352,7 @@ def test_online_cpu_count_names_the_file_and_the_bad_value(tmp_path, spec, messa
 
 
 def test_online_cpu_count_names_a_missing_file(tmp_path):
-    with pytest.raises(CpuinfoError, match=f"{tmp_path}/devices/system/cpu/online: cannot read"):
+    with pytest.raises(CpuinfoError, match=f"cannot read the online CPU list: {tmp_path}/devices/system/cpu/online: cannot open"):
         online_cpu_count(str(tmp_path))
 
 
@@ -373,7 +367,7 @@ def test_source_regenerates_when_online_cpus_change(tmp_path):
     online = tmp_path / "devices" / "system" / "cpu" / "online"
     online.parent.mkdir(parents=True)
     native = (FIXTURES / "huawei-mate-20.txt").read_text()
-    source = CpuinfoSource("v7", sys_root=str(tmp_path), machine="aarch64",
+    source = CpuinfoSource("host", sys_root=str(tmp_path), machine="aarch64",
                            read_native=lambda: native, read_compat=lambda: None)
     online.write_text("0-1\n")
     two = source.render().decode()

@@ -21,8 +21,10 @@ from agent.launch import EXIT_PERSONALITY_REFUSED
 from agent.aarch32 import (PERSONALITY_PROBE_ARGV, PROBE_EXIT_CODE, PROBE_NAME, RunResult,
                            arm_handlers, decide, ExecOutcome, PersonalityOutcome, parse_binfmt_entry, probe_elf)
 from agent.config import AgentConfig, AgentSection, CpuinfoSection, DockerSection, MetricsSection, ShimSection
-from agent.doctor import (DEFAULT_PATH, FAIL, PASS, WARN, HostRoot, check_cpu, check_payload,
+from agent.doctor import (DEFAULT_PATH, FAIL, PASS, WARN, HostRoot, check_cpu, check_cpuinfo_profile, check_payload,
                           check_services, check_shim_precedence, doctor_command, run_checks)
+from agent.state import CpuinfoState
+from agent.status import AgentLiveness
 from agent.elf import elf_info_from_bytes
 from agent.state import DockerdState, FileState, Snapshot
 from harness import Dockerd, have_docker, make_payload, new_base
@@ -500,7 +502,7 @@ def test_config_error_and_output_forms(tmp_path):
                           False, out, root)
     assert code == 1
     lines = out.getvalue().splitlines()
-    assert len(lines) == 12
+    assert len(lines) == 13
     assert "FAIL  config             /etc/armhf-agent/agent.toml:3: docker.health_failures: must be >= 1 (got 0)  " \
            "(fix: armhf-agent check-config lists every problem)" in lines
     assert lines[0] == "PASS  architecture       aarch64"
@@ -508,7 +510,7 @@ def test_config_error_and_output_forms(tmp_path):
     out = io.StringIO()
     doctor_command(config, None, True, out, root)
     checks = json.loads(out.getvalue())
-    assert [set(c) for c in checks] == [{"name", "verdict", "found", "fix"}] * 12
+    assert [set(c) for c in checks] == [{"name", "verdict", "found", "fix"}] * 13
     assert {"name": "config", "verdict": "PASS", "found": "valid", "fix": ""} in checks
 
 
@@ -527,6 +529,53 @@ def test_managed_files(tmp_path, agent_process):
         FileState("shim", str(tmp_path / "docker"), ok=False, problem="cannot write: read-only file system"))))
     running = by_name(run_checks(config, root))["managed-files"]
     assert (running.verdict, running.found) == (FAIL, f"shim {tmp_path}/docker: cannot write: read-only file system")
+
+
+# --- the cpuinfo profile in force ------------------------------------------------------------------------------
+
+NOT_RUNNING = AgentLiveness(None, False, "no state file")
+
+
+def test_cpuinfo_profile_says_what_it_hides_on_a_fixture_host(tmp_path):
+    root = fixture_root("graviton2", exec_runs=True, personality_ok=True)
+    pi3 = check_cpuinfo_profile(make_config(tmp_path, cpuinfo=CpuinfoSection(profile="raspberrypi3-32")), root, NOT_RUNNING)
+    # Neoverse N1's 32-bit view has crypto, fp16 and dot product; a Pi 3's Cortex-A53 has none of them.
+    assert (pi3.verdict, pi3.found) == (PASS, "profile raspberrypi3-32 (Raspberry Pi 3 in 32-bit mode (BCM2837, Cortex-A53 "
+                                              "r0p4), linux/arm/v7): hides fphp asimdhp asimddp aes pmull sha1 sha2 ssbs "
+                                              "of this host's features")
+    v6 = check_cpuinfo_profile(make_config(tmp_path, cpuinfo=CpuinfoSection(variant="v6")), root, NOT_RUNNING)
+    assert v6.verdict == PASS and v6.found.startswith("profile raspberrypi1 (") and " neon vfpv3 " in v6.found
+    host = check_cpuinfo_profile(make_config(tmp_path), root, NOT_RUNNING)
+    assert (host.verdict, host.found) == (PASS, "profile host: this host's own features (half thumb fastmult vfp edsp "
+                                                "neon vfpv3 tls vfpv4 idiva idivt lpae evtstrm fphp asimdhp asimddp "
+                                                "aes pmull sha1 sha2 crc32 ssbs)")
+
+
+def test_cpuinfo_profile_fails_naming_what_the_host_lacks(tmp_path):
+    # A Raspberry Pi 2 running the agent (a 32-bit kernel): no crc32 for a Pi 3 profile.
+    (tmp_path / "host" / "proc").mkdir(parents=True)
+    (tmp_path / "host" / "proc" / "cpuinfo").write_text(
+        (Path(__file__).parent / "fixtures" / "cpuinfo" / "raspberrypi2.txt").read_text())
+    root = replace(fixture_root("graviton2", True, True), proc=str(tmp_path / "host" / "proc"), machine="armv7l")
+    check = check_cpuinfo_profile(make_config(tmp_path, cpuinfo=CpuinfoSection(profile="raspberrypi3-32")), root, NOT_RUNNING)
+    assert check.verdict == FAIL
+    assert check.found.startswith("profile raspberrypi3-32 claims crc32, which this host cannot run (its 32-bit Features: ")
+    assert "may only hide features" in check.fix
+    # An unreadable host view is a warning that says why, not a crash.
+    (tmp_path / "host" / "proc" / "cpuinfo").unlink()
+    os.mkfifo(tmp_path / "host" / "proc" / "cpuinfo")
+    unread = check_cpuinfo_profile(make_config(tmp_path, cpuinfo=CpuinfoSection(profile="raspberrypi3-32")), root, NOT_RUNNING)
+    assert unread.verdict == WARN and "is a FIFO, not a regular file" in unread.found
+
+
+def test_cpuinfo_profile_of_the_running_agent_when_it_differs(tmp_path, agent_process):
+    config = make_config(tmp_path, cpuinfo=CpuinfoSection(path=str(tmp_path / "cpuinfo"), profile="raspberrypi2"))
+    publish_state(config, Snapshot(pid=agent_process.pid, last_step_at=time.time(),
+                                   cpuinfo=CpuinfoState(profile="host", variant="v7")))
+    root = HostRoot(runner=ProbeResults(True, True), sockets=QuietSockets())
+    check = by_name(run_checks(config, root))["cpuinfo-profile"]
+    assert check.verdict == PASS
+    assert check.found.endswith("; the running agent still shows host (systemctl reload armhf-agent)")
 
 
 # --- this machine, for real ------------------------------------------------------------------------------------
@@ -598,7 +647,7 @@ def test_this_machine_end_to_end(base, tmp_path):
     verdicts = {line.split()[1]: line.split()[0] for line in report.splitlines()}
     assert verdicts == {"architecture": WARN, "aarch32-el0": WARN, "cpu": WARN, "payload": WARN,
                         "conflict-socket": PASS, "conflict-services": PASS, "metrics-port": PASS,
-                        "shim-precedence": PASS, "config": PASS, "managed-files": WARN, "cgroups": PASS,
-                        "overlayfs": PASS}, report
+                        "shim-precedence": PASS, "config": PASS, "managed-files": WARN, "cpuinfo-profile": PASS,
+                        "cgroups": PASS, "overlayfs": PASS}, report
     assert code == 0
     assert "WARN  cpu                no Arm MIDR on a x86_64 host (development mode)" in report

@@ -96,6 +96,11 @@ def assert_agent_runs(root: Chroot, release: str) -> None:
     assert "usage: armhf-agent" in help_text
     version = root.run(f"{VENV}/bin/python", "-c", "import sys; print('%d.%d' % sys.version_info[:2])").stdout.strip()
     assert version == RELEASE_PYTHON[release]
+    # The cpuinfo profiles are package data (pyproject's package-data globs): the installed agent finds them.
+    effective = root.sh("ARMHF_AGENT_CPUINFO__PROFILE=raspberrypi2 armhf-agent check-config --effective").stdout
+    assert 'profile = "raspberrypi2"' in effective
+    unknown = root.sh("ARMHF_AGENT_CPUINFO__PROFILE=nope armhf-agent check-config", check=False)
+    assert "(there are: host, armv7, raspberrypi1, raspberrypi2, raspberrypi3-32)" in unknown.stderr
 
 
 def enablement_links(root: Chroot) -> list[Path]:

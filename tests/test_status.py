@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import AgentConfig, AgentSection, CpuinfoSection
-from agent.state import DockerdState, FileState, PayloadState, Snapshot
+from agent.state import CpuinfoState, DockerdState, FileState, PayloadState, Snapshot
 from agent.status import read_status, render_human, render_json, status_command
 
 NOW = 1_800_000_000.0
@@ -132,6 +132,49 @@ def test_healthy(tmp_path, agent_process):
     doc = render_json(report)
     assert_schema_valid(doc)
     assert doc["dockerd"]["uptime_seconds"] == 3600 and doc["files"][1]["repairs_total"] == 2
+
+
+PI3 = CpuinfoState(profile="raspberrypi3-32", variant="v7",
+                   features=tuple("half thumb fastmult vfp edsp neon vfpv3 tls vfpv4 idiva idivt vfpd32 lpae evtstrm "
+                                  "crc32".split()),
+                   hidden_features=("aes", "pmull", "sha1", "sha2"))
+
+
+def test_the_cpuinfo_profile_in_status(tmp_path, agent_process):
+    config = config_for(tmp_path / "run")
+    write_state(tmp_path / "run", replace(healthy_snapshot(agent_process.pid), cpuinfo=PI3))
+    report = read_status(config, NOW)
+    doc = render_json(report)
+    assert_schema_valid(doc)
+    assert doc["cpuinfo"] == {"profile": "raspberrypi3-32", "variant": "v7", "features": list(PI3.features),
+                              "hidden_features": ["aes", "pmull", "sha1", "sha2"]}
+    assert ("cpuinfo: profile raspberrypi3-32 (linux/arm/v7): half thumb fastmult vfp edsp neon vfpv3 tls vfpv4 "
+            "idiva idivt vfpd32 lpae evtstrm crc32; hides aes pmull sha1 sha2\n") in render_human(report)
+    # Not running: null, like the other sections.
+    assert render_json(read_status(config_for(tmp_path / "elsewhere"), NOW))["cpuinfo"] is None
+
+
+def test_the_schema_requires_exactly_what_status_prints(tmp_path, agent_process):
+    write_state(tmp_path / "run", healthy_snapshot(agent_process.pid))
+    doc = render_json(read_status(config_for(tmp_path / "run"), NOW))
+    assert set(doc) == set(STATUS_SCHEMA["required"]) == set(STATUS_SCHEMA["properties"])
+    assert set(doc["cpuinfo"]) == set(STATUS_SCHEMA["properties"]["cpuinfo"]["required"])
+
+
+def test_a_state_file_from_before_profiles_still_reads(tmp_path, agent_process):
+    old = json.loads(healthy_snapshot(agent_process.pid).to_json())
+    del old["cpuinfo"]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "state.json").write_text(json.dumps(old))
+    report = read_status(config_for(tmp_path / "run"), NOW)
+    assert report.status == "healthy"
+    doc = render_json(report)
+    assert_schema_valid(doc)
+    assert doc["cpuinfo"] == {"profile": "", "variant": "", "features": [], "hidden_features": []}
+    assert "cpuinfo: profile unknown (an agent older than cpuinfo profiles)" in render_human(report)
+    # And what the agent writes reads back the same.
+    snap = replace(healthy_snapshot(agent_process.pid), cpuinfo=PI3)
+    assert Snapshot.from_dict(json.loads(snap.to_json())) == snap
 
 
 def test_status_command_uses_the_real_clock_and_prints_json(tmp_path, agent_process):

@@ -74,6 +74,39 @@ check_metrics() {
         "$(metric armhf_agent_dockerd_up < "$WORK/metrics.txt"),$(metric 'armhf_agent_exec_mode{mode="native"}' < "$WORK/metrics.txt")"
 }
 
+# features_of FILE: the Features line(s) of a cpuinfo file, one per distinct value.
+features_of() { sed -n 's/^Features[[:space:]]*: //p' "$1" | sort -u; }
+
+# set_profile NAME: the conffile's profile line set to NAME, checked by check-config (which runs the
+# host check: a profile may only hide features) and applied with a reload; then waits until the
+# hijacked file shows FEATURES (or, with "!FEATURES", no longer shows them).
+set_profile() {  # NAME FEATURES
+    sed -i "s/^profile = \".*\"\$/profile = \"$1\"/" "$CONFIG"
+    grep -q "^profile = \"$1\"\$" "$CONFIG" || { detail="no 'profile = ...' line in $CONFIG"; return 1; }
+    armhf-agent check-config || { detail="check-config refused profile $1"; return 1; }
+    systemctl reload armhf-agent || return 1
+    within 60
+    while :; do
+        case $2 in
+            !*) [ "$(features_of "$CPUINFO")" != "${2#!}" ] && return 0 ;;
+            *) [ "$(features_of "$CPUINFO")" = "$2" ] && return 0 ;;
+        esac
+        expired && { detail="$CPUINFO shows '$(features_of "$CPUINFO")' 60 s after switching to $1"; return 1; }
+        sleep 1
+    done
+}
+
+# A device profile switched in by a reload reaches containers (through the shim's bind mount): a
+# container reads the profile's Features, not the host's, on every processor line. Switched back to
+# host afterwards, so the later probes see the host's view.
+check_cpuinfo_profile() {  # PROFILE EXPECTED_FEATURES
+    set_profile "$1" "$2" || { why=$detail; set_profile host "!$2"; detail=$why; return 1; }
+    got=$(run_in "$IMAGE" sh -c 'sed -n "s/^Features[[:space:]]*: //p" /proc/cpuinfo | sort -u')
+    profile=$(status_json | jget cpuinfo.profile)
+    set_profile host "!$2" || return 1
+    expect "features,profile" "$2,$1" "$got,$profile"
+}
+
 check_cpuinfo_restored() {
     inode=$(stat -c %i "$CPUINFO") || return 1
     rm "$CPUINFO" || return 1
