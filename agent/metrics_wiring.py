@@ -30,8 +30,7 @@ class AgentMetrics:
         self.socket = c.docker.socket_path
         self.dockerd_pid: int | None = None
         self.events = ContainerEventCounter(self._client_factory(self.socket), time.time, self.registry)
-        self.server = MetricsServer(c.metrics.host, c.metrics.port, self.registry, c.metrics.tls_cert,
-                                    c.metrics.tls_key, self._dockerd_metrics_addr)
+        self.server = MetricsServer.from_config(c.metrics, self.registry, self._dockerd_metrics_addr)
 
     @staticmethod
     def _client_factory(socket_path: str):
