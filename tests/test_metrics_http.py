@@ -121,13 +121,13 @@ def test_500_slow_clients_are_cut_at_the_deadline_while_scrapes_go_on(serve):
     server = serve()
     assert server.max_connections >= 501
     threads_before = threading.active_count()
+    started = time.monotonic()
     slow = SlowClients(server.address, 500, dribble_seconds=9.0).start()
     scrapes = []
     try:
-        wait_until(lambda: server.open_connections() >= 500, 10, "500 slow clients connected")
+        wait_until(lambda: server.open_connections() >= 500, 8, "500 slow clients connected")
         most_threads = 0
-        started = time.monotonic()
-        while time.monotonic() - started < 8.0:      # all 500 stay connected this long
+        while time.monotonic() - started < 8.5:      # all 500 stay connected this long (deadline: 10 s)
             status, _, body = get(server)
             assert status == 200 and value(samples(body.decode()), "armhf_agent_dockerd_up") == 1
             scrapes.append(time.monotonic())
@@ -139,7 +139,7 @@ def test_500_slow_clients_are_cut_at_the_deadline_while_scrapes_go_on(serve):
         slow.stop()
     # One for the load generator's own thread; the server adds none for 500 clients.
     assert most_threads <= threads_before + 1, f"{most_threads - threads_before - 1} server threads for the clients"
-    assert len(scrapes) >= 20
+    assert len(scrapes) >= 15
     lifetimes = slow.lifetimes()
     assert {c.mode for c in lifetimes} == {"silent", "dribble", "partial"}
     assert all(9.9 <= c.lifetime <= 13 for c in lifetimes), sorted(c.lifetime for c in lifetimes)[::50]
