@@ -37,8 +37,8 @@ _lib = None
 _lib_lock = threading.Lock()
 
 
-class BcryptUnavailable(Exception):
-    pass
+class BcryptUnavailable(OSError):
+    """An OSError, so a server that cannot verify passwords is "cannot serve" (logged, retried), not a crash."""
 
 
 def _libcrypt():

@@ -493,7 +493,8 @@ def agent_fds(pid: int) -> int:
 
 def scrape_with_slow_clients(rig: Rig, seconds: float, clients: int = 500, rate: float = 20) -> list[Row]:
     """`GET /metrics` at `rate` req/s for `seconds`, first with nothing else connected, then while
-    `clients` slow clients (silent, slowloris at one byte per 9 s, half a request; each reconnects
+    `clients` slow clients (silent, slowloris at one byte per 9 s, half a request, 8000 bytes of a head
+    then nothing; each reconnects
     when cut, so the population stays) hold connections to the same port. Side by side in one run."""
     from .slow_clients import SlowClients
 
@@ -503,15 +504,16 @@ def scrape_with_slow_clients(rig: Rig, seconds: float, clients: int = 500, rate:
     parts = urllib.parse.urlsplit(url)
     _scrape_at_rate(url, 1, rate)                      # warm-up, not counted
     idle = _scrape_at_rate(url, seconds, rate)
-    fds0, threads0 = agent_fds(pid), agent_threads(pid)
+    fds0, threads0, rss0 = agent_fds(pid), agent_threads(pid), rss_bytes(pid)
     slow = SlowClients((parts.hostname, parts.port), clients, reconnect=True).start()
-    held, threads = [], []
+    held, threads, rss = [], [], []
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.wait(0.5):
             held.append(agent_fds(pid) - fds0)
             threads.append(agent_threads(pid))
+            rss.append(rss_bytes(pid))
 
     try:
         wait_for(lambda: agent_fds(pid) - fds0 >= clients * 0.98, 30, 0.05, f"{clients} slow clients held")
@@ -533,5 +535,6 @@ def scrape_with_slow_clients(rig: Rig, seconds: float, clients: int = 500, rate:
             f"{p99_loaded / p99_idle:.2f}", "p99 <= 10 ms", p99_loaded <= SCRAPE_P99_TARGET,
             f"held by the agent: {min(held, default=0)}-{max(held, default=0)} connections; {len(cuts)} cut at the deadline "
             f"(lifetime {min((c.lifetime for c in cuts), default=0):.1f}-{max((c.lifetime for c in cuts), default=0):.1f} s)"
-            f"; agent threads {threads0} idle, max {max(threads, default=threads0)}"),
+            f"; agent threads {threads0} idle, max {max(threads, default=threads0)}; agent RSS "
+            f"{rss0 / 2**20:.1f} MiB idle, max {max(rss, default=rss0) / 2**20:.1f} MiB"),
     ]

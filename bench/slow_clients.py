@@ -3,7 +3,9 @@ load generator almost nothing): each connects and then, by its mode,
 - "silent": sends nothing (a port scanner, or a stalled TLS handshake on an HTTPS port);
 - "dribble": sends a request head that never ends, one byte every `dribble_seconds` (slowloris:
   just under the old per-read timeout of 10 s, so a per-read timeout never fires);
-- "partial": sends a request line and one header line, then nothing.
+- "partial": sends a request line and one header line, then nothing;
+- "fat": sends 8000 bytes of a request head at once (just under the 8 KiB limit), then nothing: the
+  most a connection can make the server buffer.
 
 Each connection's lifetime until the server closed it is recorded. With `reconnect`, a closed client
 connects again at once: the population stays at `count`, as an attacker would keep it.
@@ -20,8 +22,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-MODES = ("silent", "dribble", "partial")
+MODES = ("silent", "dribble", "partial", "fat")
 _HEAD = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 4000
+_FAT = (b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Fat: " + b"a" * 8000)[:8000]
 
 
 @dataclass
@@ -112,6 +115,9 @@ class SlowClients:
         try:
             if client.mode == "partial":
                 client.sock.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+                return
+            if client.mode == "fat":
+                client.sock.send(_FAT)
                 return
             client.sock.send(_HEAD[client.sent % len(_HEAD):][:1])
             client.sent += 1

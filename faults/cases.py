@@ -396,7 +396,8 @@ def _get(url: str) -> tuple[int, bytes]:
 @case("slow clients", metrics=True)
 def slow_clients(rig: Rig) -> None:
     """300 hostile clients hold connections to the agent's metrics port as shipped (10 s per request,
-    512 connections): silent ones, slowloris ones sending a byte every 9 s, half requests. Meanwhile
+    512 connections): silent ones, slowloris ones sending a byte every 9 s, half requests, and ones
+    that send 8000 bytes of a request head (just under the limit) and stop. Meanwhile
     /metrics and /metrics/dockerd answer every scrape, the agent starts no thread per client, and every
     slow client is cut at the deadline (not before), after which the agent holds no more fds than
     before."""
