@@ -24,10 +24,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from agent.basic_auth import BasicAuth, _crypt, _libcrypt, verify_password
+from agent.basic_auth import BasicAuth, verify_password
 from agent.container_events import ContainerEventCounter
 from agent.http_server import DOCKERD_MAX_BYTES, DOCKERD_TIMEOUT_SECONDS, MetricsServer
 from agent.metrics import AgentCollector, ShimMetrics
+from http_support import client_context, make_certs, make_hash
 from metrics_support import REPO, realistic_snapshot, samples, value
 
 sys.path.insert(0, str(REPO))
@@ -292,14 +293,6 @@ def test_bcrypt_known_answers(password, hashed):
     assert not verify_password(b"x" * 600, hashed)                 # beyond libcrypt's passphrase limit
 
 
-def make_hash(password: str, cost: int = 4, prefix: str = "$2b$") -> str:
-    salt = base64.b64encode(os.urandom(16), b"./").decode()[:22]
-    setting = f"{prefix}{cost:02d}${salt}".encode()
-    out = _crypt(_libcrypt(), password.encode(), setting)
-    assert out is not None
-    return out.decode()
-
-
 def basic(user: str, password: str) -> dict:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
@@ -387,45 +380,9 @@ def test_check_config_user_names_env_and_effective(tmp_path):
 
 # -- TLS: client certificates and renewal ------------------------------------------------------------
 
-def openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-
-def make_ca(folder: Path, name: str) -> tuple[str, str]:
-    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}",
-            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign",
-            "-keyout", str(key), "-out", str(cert))
-    return str(cert), str(key)
-
-
-def make_leaf(folder: Path, name: str, ca: tuple[str, str], server: bool) -> tuple[str, str]:
-    cert, key, csr, ext = (folder / f"{name}.pem", folder / f"{name}.key", folder / f"{name}.csr",
-                           folder / f"{name}.ext")
-    ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n" if server else "extendedKeyUsage=clientAuth\n")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(csr))
-    openssl("x509", "-req", "-in", str(csr), "-CA", ca[0], "-CAkey", ca[1], "-CAcreateserial", "-days", "2",
-            "-extfile", str(ext), "-out", str(cert))
-    return str(cert), str(key)
-
-
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("certs")
-    ca, other_ca = make_ca(folder, "ca"), make_ca(folder, "other-ca")
-    out = {"ca.pem": ca[0], "other-ca.pem": other_ca[0]}
-    for name, issuer, server in (("server", ca, True), ("server2", ca, True), ("server3", ca, True),
-                                 ("client", ca, False), ("stranger", other_ca, False)):
-        cert, key = make_leaf(folder, name, issuer, server)
-        out[f"{name}.pem"], out[f"{name}.key"] = cert, key
-    return out
-
-
-def client_context(certs, client: str | None = None) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=certs["ca.pem"])
-    if client:
-        context.load_cert_chain(certs[f"{client}.pem"], certs[f"{client}.key"])
-    return context
+    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 def refused(server, context) -> bool:
