@@ -26,7 +26,8 @@ from prometheus_client import CollectorRegistry
 
 from agent.basic_auth import BasicAuth, verify_password
 from agent.container_events import ContainerEventCounter
-from agent.http_server import DOCKERD_MAX_BYTES, DOCKERD_TIMEOUT_SECONDS, MetricsServer
+from agent.http_server import (AUTH_MAX_PENDING, DOCKERD_MAX_BYTES, DOCKERD_MAX_PENDING, DOCKERD_TIMEOUT_SECONDS,
+                               DOCKERD_WORKERS, MetricsServer)
 from agent.metrics import AgentCollector, ShimMetrics
 from http_support import client_context, make_certs, make_hash
 from metrics_support import REPO, realistic_snapshot, samples, value
@@ -263,6 +264,38 @@ def test_dockerd_metrics_are_served_up_to_the_size_limit(serve, size, status):
         upstream.server_close()
 
 
+def test_requests_to_a_hung_dockerd_are_bounded_and_metrics_stay_fast(serve):
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(16)
+    server = serve(dockerd=lambda: "127.0.0.1:%d" % hung.getsockname()[1])
+    threads_before = threading.active_count()
+    results = []
+    lock = threading.Lock()
+
+    def proxied():
+        got = get(server, "/metrics/dockerd", timeout=10)
+        with lock:
+            results.append(got)
+
+    clients = [threading.Thread(target=proxied) for _ in range(DOCKERD_MAX_PENDING + 3)]
+    try:
+        for t in clients:
+            t.start()
+        wait_until(lambda: len(results) >= 3, 5, "the requests over the limit refused at once")
+        assert get(server)[0] == 200                       # /metrics is not queued behind dockerd
+        for t in clients:
+            t.join(4 * DOCKERD_TIMEOUT_SECONDS + 5)
+        bodies = sorted(body for status, _, body in results if status == 503)
+        assert len(bodies) == len(clients), results
+        assert sum(b"already in progress" in b for b in bodies) == 3
+        assert sum(b"timed out" in b for b in bodies) == DOCKERD_MAX_PENDING
+        # The test's own client threads, plus at most the server's pool: no thread per request.
+        assert threading.active_count() <= threads_before + len(clients) + DOCKERD_WORKERS
+    finally:
+        hung.close()
+
+
 # -- basic auth -------------------------------------------------------------------------------------
 
 # Openwall crypt_blowfish's test vectors (wrapper.c), the reference bcrypt's own: an oracle independent
@@ -336,6 +369,31 @@ def test_a_verified_password_is_not_hashed_again_and_the_cache_is_bounded(serve)
     assert many.cache_size() == 16
     assert many.check_cached(b"u39", b"p39") and many.check_cached(b"u0", b"p0") is None
     assert many.check_cached(b"u39", b"p38") is None
+
+
+def test_a_flood_of_wrong_passwords_is_bounded_and_cached_credentials_still_get_in(serve):
+    # Cost 13 (~0.35 s here): each wrong password keeps the one bcrypt worker busy a while. A long
+    # request deadline: on a loaded machine the 8 queued guesses may take longer than the default 10 s.
+    server = serve(basic_auth_users={"prometheus": make_hash("right", cost=13)}, request_timeout=120)
+    assert get(server, headers=basic("prometheus", "right"), timeout=30)[0] == 200     # now cached
+    results = []
+    lock = threading.Lock()
+
+    def guess(i):
+        got = get(server, headers=basic("prometheus", f"guess{i}"), timeout=120)[0]
+        with lock:
+            results.append(got)
+
+    flood = [threading.Thread(target=guess, args=(i,)) for i in range(AUTH_MAX_PENDING + 6)]
+    for t in flood:
+        t.start()
+    wait_until(lambda: results.count(503) >= 6 - 1, 10, "guesses over the limit refused at once")
+    # Prometheus' cached credentials do not wait behind the guesses.
+    assert get(server, headers=basic("prometheus", "right"))[0] == 200
+    for t in flood:
+        t.join(150)
+    assert sorted(set(results)) == [401, 503] and results.count(401) + results.count(503) == len(flood), results
+    assert results.count(401) >= AUTH_MAX_PENDING - 1
 
 
 def run_cli(*args, config: Path, env: dict | None = None) -> subprocess.CompletedProcess:
