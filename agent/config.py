@@ -14,9 +14,9 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .cpuinfo import HOST, CpuinfoError, get_profile, profile_variant
@@ -156,12 +156,40 @@ class ShimSection(Section):
         return value if value == "" else _absolute(value)
 
 
+def _bcrypt_hash(value: str) -> str:
+    from .basic_auth import check_hash     # loads libcrypt through ctypes: only when auth is configured
+    return check_hash(value)
+
+
 class MetricsSection(Section):
     listen: str = f"0.0.0.0:{DEFAULT_METRICS_PORT}"
     tls_cert: str = ""
     tls_key: str = ""
+    # Set = clients must present a certificate signed by this CA (TLS only).
+    tls_client_ca: str = ""
+    # {user: bcrypt hash}, as exporter-toolkit's web config; empty = no authentication.
+    basic_auth_users: dict[str, Annotated[str, AfterValidator(_bcrypt_hash)]] = {}
+    # Bounds of the endpoint whatever clients do (agent/http_server.py). The unit's LimitNOFILE=1048576
+    # is far above the cap; a lower fd limit lowers the cap at start (logged).
+    max_connections: int = Field(512, ge=16, le=65536)
+    request_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    max_header_bytes: int = Field(8192, ge=1024, le=1048576)
     docker_metrics: bool = True
     docker_metrics_listen: str = "127.0.0.1:9743"
+
+    @field_validator("tls_cert", "tls_key", "tls_client_ca")
+    @classmethod
+    def _tls_path(cls, value: str) -> str:
+        return value if value == "" else _absolute(value)
+
+    @field_validator("basic_auth_users")
+    @classmethod
+    def _user_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            # Basic auth sends "user:password": a colon in a user name could never match.
+            if not name or ":" in name or not name.isprintable():
+                raise ValueError(f"user name {name!r} must be non-empty, printable and without ':'")
+        return value
 
     @field_validator("listen", "docker_metrics_listen")
     @classmethod
@@ -183,6 +211,8 @@ class MetricsSection(Section):
     def _tls_pair(self) -> "MetricsSection":
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key must be set together (both set = HTTPS)")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key (client certificates are checked in TLS)")
         return self
 
     @property
@@ -317,6 +347,14 @@ def _parse_env_json(environ: dict[str, str], problems: list[ConfigProblem]) -> N
             except ValueError:
                 problems.append(ConfigProblem(f"env {name}", "", f"must be a JSON list of strings, got {value!r}"))
                 del environ[name]
+        elif name.startswith(ENV_PREFIX) and name.endswith("__BASIC_AUTH_USERS"):
+            try:
+                if not isinstance(json.loads(value), dict):
+                    raise ValueError
+            except ValueError:
+                # Not echoed: it is meant to hold password hashes.
+                problems.append(ConfigProblem(f"env {name}", "", 'must be a JSON object {"user": "bcrypt hash"}'))
+                del environ[name]
 
 
 def load_config(path: str | None, *, explicit: bool = True, environ: dict[str, str] | None = None) -> LoadedConfig:
@@ -391,4 +429,6 @@ def _toml_value(value: Any) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_value(str(k))} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"no TOML form for {value!r}")

@@ -204,9 +204,9 @@ class Agent:
                 self.errors.clear("render-cpuinfo")
             except CpuinfoError as exc:
                 if cpuinfo_file.desired is None:
-                    cpuinfo_file.set_desired(None, f"cannot render the cpuinfo: {exc}")
+                    cpuinfo_file.set_desired(None, f"cannot render: {exc}")
                 else:
-                    cpuinfo_file.set_render_error(f"cannot render the cpuinfo (the previous file stays): {exc}")
+                    cpuinfo_file.set_render_error(f"cannot render: {exc} (the last file rendered stays)")
                 self.errors("render-cpuinfo", logging.ERROR, "cpuinfo: cannot render %s: %s", c.cpuinfo.path, exc)
         client, why_not = shim_client(c, payload, *self.exec_mode)
         if client:

@@ -34,8 +34,7 @@ class AgentMetrics:
         self.server = self._make_server(config)
 
     def _make_server(self, config) -> MetricsServer:
-        m = config.metrics
-        return MetricsServer(m.host, m.port, self.registry, m.tls_cert, m.tls_key, self._dockerd_metrics_addr)
+        return MetricsServer.from_config(config.metrics, self.registry, self._dockerd_metrics_addr)
 
     @property
     def url(self) -> str:

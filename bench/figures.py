@@ -12,6 +12,7 @@ import os
 import select
 import signal
 import subprocess
+import threading
 import time
 import urllib.parse
 from pathlib import Path
@@ -438,3 +439,66 @@ def event_throughput(rig: Rig, containers: int, workers: int = 8) -> list[Row]:
 
 def _connected(url: str) -> bool:
     return b"armhf_agent_docker_events_connected 1" in _scrape(url)
+
+
+# -- metrics: scrapes while slow clients hold connections ---------------------------------------------
+
+
+def agent_threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise ValueError(f"no Threads for pid {pid}")
+
+
+def agent_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def scrape_with_slow_clients(rig: Rig, seconds: float, clients: int = 500, rate: float = 20) -> list[Row]:
+    """`GET /metrics` at `rate` req/s for `seconds`, first with nothing else connected, then while
+    `clients` slow clients (silent, slowloris at one byte per 9 s, half a request, 8000 bytes of a head
+    then nothing; each reconnects
+    when cut, so the population stays) hold connections to the same port. Side by side in one run."""
+    from .slow_clients import SlowClients
+
+    rig.agent.wait_running(60)
+    pid = rig.agent.proc.pid
+    url = rig.metrics_url
+    parts = urllib.parse.urlsplit(url)
+    _scrape_at_rate(url, 1, rate)                      # warm-up, not counted
+    idle = _scrape_at_rate(url, seconds, rate)
+    fds0, threads0, rss0 = agent_fds(pid), agent_threads(pid), rss_bytes(pid)
+    slow = SlowClients((parts.hostname, parts.port), clients, reconnect=True).start()
+    held, threads, rss = [], [], []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.5):
+            held.append(agent_fds(pid) - fds0)
+            threads.append(agent_threads(pid))
+            rss.append(rss_bytes(pid))
+
+    try:
+        wait_for(lambda: agent_fds(pid) - fds0 >= clients * 0.98, 30, 0.05, f"{clients} slow clients held")
+        sampler = concurrent.futures.ThreadPoolExecutor(1)
+        sampler.submit(sample)
+        loaded = _scrape_at_rate(url, seconds, rate)
+        stop.set()
+        sampler.shutdown(wait=True)
+    finally:
+        slow.stop()
+    cuts = slow.lifetimes()
+    p99_idle, p99_loaded = percentile(idle, 99), percentile(loaded, 99)
+    return [
+        Row(f"scrape latency, idle ({rate:g} req/s for {seconds:g} s, n={len(idle)})",
+            f"p50 {ms(median(idle))}, p99 {ms(p99_idle)}, max {ms(max(idle))}", "p99 <= 10 ms",
+            p99_idle <= SCRAPE_P99_TARGET),
+        Row(f"scrape latency, {clients} slow clients connected ({rate:g} req/s for {seconds:g} s, n={len(loaded)})",
+            f"p50 {ms(median(loaded))}, p99 {ms(p99_loaded)}, max {ms(max(loaded))}; p99 ratio "
+            f"{p99_loaded / p99_idle:.2f}", "p99 <= 10 ms", p99_loaded <= SCRAPE_P99_TARGET,
+            f"held by the agent: {min(held, default=0)}-{max(held, default=0)} connections; {len(cuts)} cut at the deadline "
+            f"(lifetime {min((c.lifetime for c in cuts), default=0):.1f}-{max((c.lifetime for c in cuts), default=0):.1f} s)"
+            f"; agent threads {threads0} idle, max {max(threads, default=threads0)}; agent RSS "
+            f"{rss0 / 2**20:.1f} MiB idle, max {max(rss, default=rss0) / 2**20:.1f} MiB"),
+    ]

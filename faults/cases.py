@@ -254,7 +254,7 @@ def agent_restart_during_hang(rig: Rig) -> None:
     """The operator restarts the agent because docker hangs (dockerd SIGSTOPped). The new agent must take
     the silent dockerd over and replace it by the hang rule: before, it was neither adopted nor stopped,
     and every new dockerd exited on the pidfile, for ever."""
-    pid, before = rig.dockerd_pid(), rig.counters()
+    pid = rig.dockerd_pid()
     os.kill(pid, signal.SIGSTOP)
     try:
         # Older than the start timeout when the new agent looks: it did answer once.
@@ -454,3 +454,64 @@ def concurrent_runs(rig: Rig) -> None:
     rig.wait_log(mark, r"(cpuinfo|shim): repaired .* \((mode|owner): ")
     rig.assert_nothing_lost(dockerd_restarted=False)
 
+
+
+# -- the metrics endpoint --------------------------------------------------------------------------
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    import http.client
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
+    try:
+        conn.request("GET", parts.path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+@case("slow clients", metrics=True)
+def slow_clients(rig: Rig) -> None:
+    """300 hostile clients hold connections to the agent's metrics port as shipped (10 s per request,
+    512 connections): silent ones, slowloris ones sending a byte every 9 s, half requests, and ones
+    that send 8000 bytes of a request head (just under the limit) and stop. Meanwhile
+    /metrics and /metrics/dockerd answer every scrape, the agent starts no thread per client, and every
+    slow client is cut at the deadline (not before), after which the agent holds no more fds than
+    before."""
+    from bench.figures import agent_fds, agent_threads
+    from bench.slow_clients import SlowClients
+
+    pid, count = rig.agent.proc.pid, 300
+    host, port = rig.config["metrics"]["listen"].rsplit(":", 1)
+    threads0, fds0 = agent_threads(pid), agent_fds(pid)
+    started = time.monotonic()
+    slow = SlowClients((host, int(port)), count, dribble_seconds=9.0).start()
+    most_threads = 0
+    try:
+        # A few fds of the agent come and go (Docker API connections): a margin of 3.
+        wait_for(lambda: agent_fds(pid) >= fds0 + count - 3, 8, 0.05, f"{count} slow clients held by the agent")
+        while time.monotonic() - started < 8:              # the deadline is at 10 s
+            status, body = _get(rig.metrics_url)
+            assert status == 200 and b"armhf_agent_dockerd_up 1.0" in body, (status, body[:200])
+            status, body = _get(rig.metrics_url + "/dockerd")
+            assert status == 200 and b"engine_daemon_engine_info" in body, (status, body[:200])
+            most_threads = max(most_threads, agent_threads(pid))
+            time.sleep(0.2)
+        assert slow.connected() == count, f"{count - slow.connected()} slow clients cut before the deadline"
+        wait_for(lambda: len(slow.lifetimes()) == count, 8, 0.1, "every slow client cut at the deadline")
+    finally:
+        slow.stop()
+    from agent.http_server import DOCKERD_WORKERS
+    assert most_threads <= threads0 + DOCKERD_WORKERS, f"agent threads {threads0} -> {most_threads}"
+    lifetimes = sorted(c.lifetime for c in slow.lifetimes())
+    assert lifetimes[0] >= 9.9 and lifetimes[-1] <= 14, (lifetimes[0], lifetimes[-1])
+    wait_for(lambda: agent_fds(pid) <= fds0 + 5, 10, 0.1, "the agent's fds back to where they were")
+    # Rate-limited (one line a minute, with a count): a later run on the same agent may only have the
+    # line of an earlier one.
+    rig.wait_log(0, r"metrics http: closed the connection from \S+: still in its request after "
+                    r"request_timeout_seconds=10")
+    assert _get(rig.metrics_url)[0] == 200
+    rig.assert_nothing_lost(dockerd_restarted=False)

@@ -361,7 +361,7 @@ def test_https_scrape_with_a_self_signed_certificate(registry, tmp_path):
     try:
         assert server.url.startswith("https://127.0.0.1:")
         # A client that connects and stalls the handshake does not block other scrapes.
-        staller = socket.create_connection(server._server.server_address[:2])
+        staller = socket.create_connection(server.address)
         stallers.append(staller)
         _, text = scrape(server.url, cafile=str(cert))
         assert value(samples(text), "armhf_agent_dockerd_up") == 1

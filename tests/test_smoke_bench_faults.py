@@ -54,6 +54,7 @@ def test_bench_quick_metrics_scrapes_answer_and_no_container_lost_or_double():
     container that ran is counted exactly once."""
     with Rig("sm", sentinel=False, metrics=True, docker__health_failures=100) as rig:
         rows = figures.scrape_latency(rig, 2)
+        rows += figures.scrape_with_slow_clients(rig, 2, clients=100)
         rows += figures.event_throughput(rig, 20)
         rig.assert_nothing_lost()
     throughput = next(r for r in rows if r.figure.startswith("event throughput"))
