@@ -187,7 +187,7 @@ class Agent:
             self.cpuinfo_file.set_desired(self.cpuinfo_source.render())
         client = c.shim.client or payload.client
         if client:
-            self.shim_file.set_desired(shim_content(client, c.cpuinfo.path, records_path(c), __version__))
+            self.shim_file.set_desired(shim_content(client, c.cpuinfo.path, records_path(c), c.docker.host, __version__))
         else:
             self.shim_file.set_desired(None, f"no docker client to exec: none in {c.docker.root} and shim.client unset")
         self._ensure_records_file()

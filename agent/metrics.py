@@ -39,7 +39,7 @@ from agent.state import (
 
 PREFIX = "armhf_agent_"
 MANAGED_FILES = ("cpuinfo", "shim")
-SHIM_CLASSES = ("run", "create", "build", "exec", "other")
+SHIM_CLASSES = ("run", "create", "build", "exec", "other", "unresolved")   # as agent.shim_records
 BUILD_RESULTS = ("success", "failure")
 # Seconds; from a `docker run --rm alpine true` to a multi-hour emulated compile.
 DURATION_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0)

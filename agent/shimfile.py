@@ -15,7 +15,8 @@ def records_path(config: AgentConfig) -> str:
     return os.path.join(config.agent.run_dir, RECORDS_FILE)
 
 
-def shim_content(client: str, cpuinfo_path: str, records: str, version: str) -> bytes:
+def shim_content(client: str, cpuinfo_path: str, records: str, daemon_host: str, version: str) -> bytes:
+    """daemon_host: the agent's `docker.host`; the shim inserts its mount only for that daemon."""
     from .shim import render_shim  # the shim capability (agent/shim.py)
 
-    return render_shim(client, cpuinfo_path, records, version).encode()
+    return render_shim(client, cpuinfo_path, records, daemon_host, version).encode()
