@@ -318,40 +318,65 @@ armhf_run_option() {
     esac
 }
 
-# The file's text in armhf_text (the read builtin: no fork); false when it cannot be read. Only a
-# regular file is opened: a FIFO would block.
-armhf_slurp() {
-    armhf_text=
-    armhf_line=
-    [ -f "$1" ] && [ -r "$1" ] || return 1
-    while IFS= read -r armhf_line; do
-        armhf_text=$armhf_text$armhf_line$armhf_nl
-    done 2>/dev/null <"$1"
-    armhf_text=$armhf_text$armhf_line
-}
+for armhf_arg do
+    armhf_n=$((armhf_n + 1))
+    case $armhf_next in
+    global)
+        case $armhf_arg in
+        --host | --context | --config) armhf_next=${armhf_arg#--} ;;
+        --log-level | --tlscacert | --tlscert | --tlskey) armhf_next=global_value ;;
+        --host=* | --context=* | --config=*)
+            armhf_flag=${armhf_arg%%=*}
+            armhf_take "${armhf_flag#--}" "${armhf_arg#*=}" ;;
+        --tls) armhf_tls=1 ;;
+        --tls=*)
+            # pflag's bool values; docker refuses any other
+            case ${armhf_arg#*=} in
+            0 | f | F | false | FALSE | False) armhf_tls= ;;
+            *) armhf_tls=1 ;;
+            esac ;;
+        --tlsverify | --tlsverify=*) armhf_tlsverify=1 ;;
+        --log-level=* | --tlscacert=* | --tlscert=* | --tlskey=* | \
+        --debug | --debug=* | --version | --version=* | --help | --help=*) ;;
+        --) armhf_next=subcommand ;;
+        -?*) armhf_short_options "$armhf_arg" Dvh Hcl global ;;
+        *) armhf_command "$armhf_arg" ;;
+        esac ;;
+    subcommand) armhf_command "$armhf_arg" ;;
+    container)
+        armhf_next=stop
+        case $armhf_arg in
+        run | create) armhf_class=$armhf_arg armhf_at=$armhf_n armhf_next=options ;;
+        exec) armhf_class='exec' ;;
+        esac ;;
+    image | buildx | builder)
+        armhf_next=stop
+        if [ "$armhf_arg" = build ]; then armhf_class=build; fi ;;
+    options) armhf_run_option "$armhf_arg" ;;
+    *) armhf_take "$armhf_next" "$armhf_arg" ;;
+    esac
+    if [ "$armhf_next" = stop ]; then break; fi
+done
 
-# The client's config folder in armhf_dir: --config, $DOCKER_CONFIG, else $HOME/.docker, where
-# docker finds a missing $HOME in the user database for the real uid.
+armhf_injected=0
+if [ "$armhf_at" -gt 0 ] && [ -z "$armhf_cpuinfo_mounted$armhf_unknown" ] && [ "$ARMHF_SHIM_DISABLE" != 1 ]; then
+    armhf_arch=${armhf_platform#*/}
+    case ${armhf_arch%%/*} in
+    '' | [Aa][Rr][Mm] | [Aa][Rr][Mm][Hh][Ff] | [Aa][Rr][Mm][Ee][Ll] | [Ll][Ii][Nn][Uu][Xx]) armhf_injected=1 ;;
+    esac
+fi
+# Everything below is parsed only by run/create commands that may get the mount (dash parses a
+# script one command at a time, and `exec` ends it): every other command is spared its cost.
+if [ "$armhf_injected" = 0 ] && [ "$armhf_class" != build ]; then
+    armhf_record - - -
+    exec "$armhf_client" "$@"
+fi
+
+# The client's config folder in armhf_dir: --config, $DOCKER_CONFIG, else $HOME/.docker (empty
+# without $HOME: the second pass looks the home up as docker does).
 armhf_config_dir() {
     armhf_dir=${armhf_config:-$DOCKER_CONFIG}
-    if [ -n "$armhf_dir" ]; then return; fi
-    if [ -z "$HOME" ]; then
-        armhf_uid=
-        while read -r armhf_key armhf_uid armhf_line; do
-            if [ "$armhf_key" = Uid: ]; then break; fi
-            armhf_uid=
-        done 2>/dev/null </proc/self/status
-        armhf_pw_home=
-        # shellcheck disable=SC2034 # armhf_pw: fields read only to skip them
-        while IFS=: read -r armhf_pw_name armhf_pw armhf_pw_uid armhf_pw armhf_pw armhf_pw_home armhf_pw; do
-            if [ -n "$armhf_pw_name" ] && [ "$armhf_pw_uid" = "$armhf_uid" ]; then break; fi
-            armhf_pw_home=
-        done 2>/dev/null </etc/passwd
-        # a uid the file does not list: docker falls back to a relative `.docker`
-        armhf_dir=${armhf_pw_home:+$armhf_pw_home/}.docker
-        return
-    fi
-    armhf_dir=$HOME/.docker
+    if [ -z "$armhf_dir" ] && [ -n "$HOME" ]; then armhf_dir=$HOME/.docker; fi
 }
 
 # armhf_reach: ours, other or unsure, for a host string as docker's ParseHost reads it.
@@ -379,6 +404,120 @@ armhf_by_host() {
 armhf_by_socket() {
     # shellcheck disable=SC3013 # dash and busybox sh implement -ef (same device and inode)
     if [ "$1" -ef "$armhf_daemon" ]; then armhf_reach=ours; else armhf_reach=other; fi
+}
+
+# armhf_reach for this command, in the docker CLI's order (see agent/shim.py).
+armhf_resolve() {
+    armhf_reach=other
+    if [ "$armhf_hosts" -gt 0 ]; then
+        if [ -z "$armhf_context" ] && [ "$armhf_hosts" = 1 ]; then armhf_by_host "$armhf_host"; fi
+        return
+    fi
+    if [ -n "$armhf_context" ]; then
+        armhf_by_context "$armhf_context"
+        return
+    fi
+    if [ -n "$DOCKER_HOST" ]; then
+        armhf_by_host "$DOCKER_HOST"
+        return
+    fi
+    if [ -n "$DOCKER_CONTEXT" ]; then
+        armhf_by_context "$DOCKER_CONTEXT"
+    else
+        armhf_current_context
+    fi
+    # docker 20.10 reads a DOCKER_HOST that is set but empty as the default host
+    if [ -n "${DOCKER_HOST+set}" ] && [ -n "$armhf_reach" ] && [ "$armhf_reach" != unsure ]; then
+        armhf_via_context=$armhf_reach
+        armhf_by_host ''
+        if [ "$armhf_reach" != "$armhf_via_context" ]; then armhf_reach=unsure; fi
+    fi
+}
+
+# The answer applied: the mount only for the agent's daemon; a command the shim cannot place is
+# recorded as `unresolved`.
+armhf_settle() {
+    case $armhf_reach in
+    ours) ;;
+    unsure) armhf_injected=0 armhf_class=unresolved ;;
+    *) armhf_injected=0 ;;
+    esac
+}
+
+# First pass: the stand-ins below leave armhf_reach empty where a context file must be read, and
+# the code that reads them comes after this pass's exec: -H, DOCKER_HOST, the default context and
+# a config folder without contexts (most commands) never parse it.
+armhf_by_context() {
+    armhf_reach=
+    if [ "$1" = default ]; then armhf_by_host "$DOCKER_HOST"; fi
+}
+
+armhf_current_context() {
+    armhf_reach=
+    armhf_config_dir
+    if [ -z "$armhf_dir" ]; then return; fi
+    for armhf_meta in "$armhf_dir"/contexts/meta/*/meta.json; do
+        [ -e "$armhf_meta" ] && return
+    done
+    armhf_by_host ''
+}
+
+armhf_reach=
+if [ "$armhf_injected" = 1 ]; then armhf_resolve; fi
+if [ -n "$armhf_reach" ]; then
+    armhf_settle
+    if [ "$armhf_injected" = 1 ]; then
+        # No arrays in sh: rotate every word through "$@" once, adding the mount after the subcommand.
+        armhf_n=0
+        for armhf_arg do
+            shift
+            set -- "$@" "$armhf_arg"
+            armhf_n=$((armhf_n + 1))
+            if [ "$armhf_n" = "$armhf_at" ]; then set -- "$@" --mount "$armhf_mount"; fi
+        done
+    fi
+
+    if [ "$armhf_class" != build ]; then
+        armhf_record - - -
+        exec "$armhf_client" "$@"
+    fi
+fi
+
+# Second pass, with the context store and config.json read for real.
+
+# The config folder again, where docker finds a missing $HOME in the user database for the real uid.
+armhf_config_dir() {
+    armhf_dir=${armhf_config:-$DOCKER_CONFIG}
+    if [ -n "$armhf_dir" ]; then return; fi
+    if [ -z "$HOME" ]; then
+        armhf_uid=
+        while read -r armhf_key armhf_uid armhf_line; do
+            if [ "$armhf_key" = Uid: ]; then break; fi
+            armhf_uid=
+        done 2>/dev/null </proc/self/status
+        armhf_pw_home=
+        # shellcheck disable=SC2034 # armhf_pw: fields read only to skip them
+        while IFS=: read -r armhf_pw_name armhf_pw armhf_pw_uid armhf_pw armhf_pw armhf_pw_home armhf_pw; do
+            if [ -n "$armhf_pw_name" ] && [ "$armhf_pw_uid" = "$armhf_uid" ]; then break; fi
+            armhf_pw_home=
+        done 2>/dev/null </etc/passwd
+        # a uid the file does not list: docker falls back to a relative `.docker`
+        armhf_dir=${armhf_pw_home:+$armhf_pw_home/}.docker
+        return
+    fi
+    armhf_dir=$HOME/.docker
+}
+
+# The file's text in armhf_text (the read builtin: no fork); false when it cannot be read. Only a
+# regular file is opened: a FIFO would block.
+armhf_slurp() {
+    armhf_text=
+    armhf_line=
+    [ -f "$1" ] && [ -r "$1" ] || return 1
+    while IFS= read -r armhf_line; do
+        armhf_text=$armhf_text$armhf_line$armhf_nl
+    done 2>/dev/null <"$1"
+    armhf_text=$armhf_text$armhf_line
 }
 
 # A context by name: `default` is the default host; any other is looked up in the context store.
@@ -485,88 +624,9 @@ armhf_current_context() {
     esac
 }
 
-# armhf_reach for this command, in the docker CLI's order (see agent/shim.py).
-armhf_resolve() {
-    armhf_reach=other
-    if [ "$armhf_hosts" -gt 0 ]; then
-        if [ -z "$armhf_context" ] && [ "$armhf_hosts" = 1 ]; then armhf_by_host "$armhf_host"; fi
-        return
-    fi
-    if [ -n "$armhf_context" ]; then
-        armhf_by_context "$armhf_context"
-        return
-    fi
-    if [ -n "$DOCKER_HOST" ]; then
-        armhf_by_host "$DOCKER_HOST"
-        return
-    fi
-    if [ -n "$DOCKER_CONTEXT" ]; then
-        armhf_by_context "$DOCKER_CONTEXT"
-    else
-        armhf_current_context
-    fi
-    # docker 20.10 reads a DOCKER_HOST that is set but empty as the default host
-    if [ -n "${DOCKER_HOST+set}" ] && [ "$armhf_reach" != unsure ]; then
-        armhf_via_context=$armhf_reach
-        armhf_by_host ''
-        if [ "$armhf_reach" != "$armhf_via_context" ]; then armhf_reach=unsure; fi
-    fi
-}
-
-for armhf_arg do
-    armhf_n=$((armhf_n + 1))
-    case $armhf_next in
-    global)
-        case $armhf_arg in
-        --host | --context | --config) armhf_next=${armhf_arg#--} ;;
-        --log-level | --tlscacert | --tlscert | --tlskey) armhf_next=global_value ;;
-        --host=* | --context=* | --config=*)
-            armhf_flag=${armhf_arg%%=*}
-            armhf_take "${armhf_flag#--}" "${armhf_arg#*=}" ;;
-        --tls) armhf_tls=1 ;;
-        --tls=*)
-            # pflag's bool values; docker refuses any other
-            case ${armhf_arg#*=} in
-            0 | f | F | false | FALSE | False) armhf_tls= ;;
-            *) armhf_tls=1 ;;
-            esac ;;
-        --tlsverify | --tlsverify=*) armhf_tlsverify=1 ;;
-        --log-level=* | --tlscacert=* | --tlscert=* | --tlskey=* | \
-        --debug | --debug=* | --version | --version=* | --help | --help=*) ;;
-        --) armhf_next=subcommand ;;
-        -?*) armhf_short_options "$armhf_arg" Dvh Hcl global ;;
-        *) armhf_command "$armhf_arg" ;;
-        esac ;;
-    subcommand) armhf_command "$armhf_arg" ;;
-    container)
-        armhf_next=stop
-        case $armhf_arg in
-        run | create) armhf_class=$armhf_arg armhf_at=$armhf_n armhf_next=options ;;
-        exec) armhf_class='exec' ;;
-        esac ;;
-    image | buildx | builder)
-        armhf_next=stop
-        if [ "$armhf_arg" = build ]; then armhf_class=build; fi ;;
-    options) armhf_run_option "$armhf_arg" ;;
-    *) armhf_take "$armhf_next" "$armhf_arg" ;;
-    esac
-    if [ "$armhf_next" = stop ]; then break; fi
-done
-
-armhf_injected=0
-if [ "$armhf_at" -gt 0 ] && [ -z "$armhf_cpuinfo_mounted$armhf_unknown" ] && [ "$ARMHF_SHIM_DISABLE" != 1 ]; then
-    armhf_arch=${armhf_platform#*/}
-    case ${armhf_arch%%/*} in
-    '' | [Aa][Rr][Mm] | [Aa][Rr][Mm][Hh][Ff] | [Aa][Rr][Mm][Ee][Ll] | [Ll][Ii][Nn][Uu][Xx]) armhf_injected=1 ;;
-    esac
-fi
 if [ "$armhf_injected" = 1 ]; then
     armhf_resolve
-    case $armhf_reach in
-    ours) ;;
-    unsure) armhf_injected=0 armhf_class=unresolved ;;
-    *) armhf_injected=0 ;;
-    esac
+    armhf_settle
 fi
 
 if [ "$armhf_injected" = 1 ]; then
