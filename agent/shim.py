@@ -64,6 +64,11 @@ ms per KB, paid only by users who have contexts). Anything the shim cannot read 
 unreadable file, a "currentContext" that is not one plain JSON string, a meta.json not in the
 format docker writes, two contexts of one name) means: no mount, and the record's class is
 `unresolved` (a run/create passed through because its daemon was unknown).
+Layout, for the 1 ms budget: dash parses a script one command at a time and `exec` ends it, so
+code after an `exec` costs nothing to the commands that reach it. Commands that cannot get the
+mount exec right after the argv loop; the rest resolve the daemon in a first pass whose stand-ins
+leave the answer open where a context file must be read (a named context, or config.json when
+contexts exist): the first pass's `exec` comes before the code that reads them.
 
 Records (format in agent.shim_records): one line appended per invocation, by a single `printf`
 append whose errors are discarded, skipped when the path is a FIFO (an append would block).
