@@ -496,7 +496,7 @@ def real_client(path: str) -> str | None:
 
 
 CLIENTS = [pytest.param("/usr/bin/docker", id="docker-20.10"),
-           pytest.param("/usr/local/bin/docker", id="docker-machine",
+           pytest.param("/usr/local/bin/docker", id="docker-usr-local",
                         marks=pytest.mark.skipif(real_client("/usr/local/bin/docker") is None,
                                                  reason="this machine has no second docker client at /usr/local/bin"))]
 
