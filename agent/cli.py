@@ -132,7 +132,8 @@ def cmd_render_shim(args) -> int:
     if not client:
         print(f"armhf-agent render-shim: no shim to render: {why_not}", file=sys.stderr)
         return 1
-    sys.stdout.write(shim_content(client, config.cpuinfo.path, records_path(config), __version__).decode())
+    sys.stdout.write(shim_content(client, config.cpuinfo.path, records_path(config), config.docker.host,
+                                   __version__).decode())
     return 0
 
 

@@ -210,7 +210,7 @@ class Agent:
                 self.errors("render-cpuinfo", logging.ERROR, "cpuinfo: cannot render %s: %s", c.cpuinfo.path, exc)
         client, why_not = shim_client(c, payload, *self.exec_mode)
         if client:
-            self.shim_file.set_desired(shim_content(client, c.cpuinfo.path, records_path(c), __version__))
+            self.shim_file.set_desired(shim_content(client, c.cpuinfo.path, records_path(c), c.docker.host, __version__))
         else:
             self.shim_file.set_desired(None, why_not, absent=True)
         problem = ensure_records_file(records_path(c), self.store)

@@ -22,7 +22,9 @@ import stat
 from dataclasses import dataclass
 
 RECORD_VERSION = "1"
-SHIM_CLASSES = ("run", "create", "build", "exec", "other")
+# unresolved: a run/create passed through without the mount because the shim could not tell
+# which daemon it goes to (agent.shim: an unreadable config.json or context).
+SHIM_CLASSES = ("run", "create", "build", "exec", "other", "unresolved")
 
 DEFAULT_MAX_BYTES = 1 << 20
 # A line longer than this is garbage (a real one is < 60 bytes); dropping it bounds memory.

@@ -8,10 +8,11 @@ from .elf import elf_info
 from .shim_records import records_path  # noqa: F401  (re-exported for the shim's callers)
 
 
-def shim_content(client: str, cpuinfo_path: str, records: str, version: str) -> bytes:
+def shim_content(client: str, cpuinfo_path: str, records: str, daemon_host: str, version: str) -> bytes:
+    """daemon_host: the agent's `docker.host`; the shim inserts its mount only for that daemon."""
     from .shim import render_shim  # the shim capability (agent/shim.py)
 
-    return render_shim(client, cpuinfo_path, records, version).encode()
+    return render_shim(client, cpuinfo_path, records, daemon_host, version).encode()
 
 
 def shim_client(config, payload, exec_mode: str, exec_detail: str = "") -> tuple[str | None, str]:

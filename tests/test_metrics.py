@@ -94,7 +94,7 @@ def test_shim_records_count_invocations_and_builds():
                   Record(NOW, "build", True, exit_code=0, duration_seconds=42.0),
                   Record(NOW, "build", True, exit_code=1, duration_seconds=3.0),
                   Record(NOW, "build", False, exit_code=None, duration_seconds=None),
-                  Record(NOW, "login", False)])
+                  Record(NOW, "login", False), Record(NOW, "unresolved", False)])
     shim.observe([Record(NOW, "build", True, exit_code=0, duration_seconds=400.0)])
     s = collect_text(registry)
     assert value(s, "armhf_agent_shim_invocations_total", **{"class": "run", "injected": "true"}) == 2
@@ -103,6 +103,7 @@ def test_shim_records_count_invocations_and_builds():
     assert value(s, "armhf_agent_shim_invocations_total", **{"class": "build", "injected": "false"}) == 1
     assert value(s, "armhf_agent_shim_invocations_total", **{"class": "other", "injected": "false"}) == 1
     assert value(s, "armhf_agent_shim_invocations_total", **{"class": "create", "injected": "true"}) == 0
+    assert value(s, "armhf_agent_shim_invocations_total", **{"class": "unresolved", "injected": "false"}) == 1
     assert value(s, "armhf_agent_image_builds_total", result="success") == 2
     assert value(s, "armhf_agent_image_builds_total", result="failure") == 1
     assert value(s, "armhf_agent_image_build_duration_seconds_count") == 3

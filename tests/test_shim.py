@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -31,16 +32,26 @@ def make_client(path: Path, body: str) -> str:
 
 
 def install_shim(tmp_path: Path, client: str, cpuinfo: str = "/hijacked-armhf-cpuinfo",
-                 records: str | None = None) -> Path:
+                 records: str | None = None, daemon: Path | None = None) -> Path:
+    """The shim, for the agent's daemon at `daemon` (default: a `docker.sock` beside it; any file
+    will do, the shim only compares files)."""
     shim = tmp_path / "docker"
-    shim.write_text(render_shim(client, cpuinfo, records or str(tmp_path / "records"), "0.1.0"))
+    if daemon is None:
+        daemon = tmp_path / "docker.sock"
+        daemon.touch()
+    shim.write_text(render_shim(client, cpuinfo, records or str(tmp_path / "records"), f"unix://{daemon}", "0.1.0"))
     shim.chmod(0o755)
     return shim
 
 
 def run_shim(shim: Path, *args: str | bytes, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([DASH, str(shim), *args], capture_output=True, timeout=30,
-                          env={"PATH": "/usr/bin:/bin", **(env or {})}, **kw)
+    """The shim with a clean environment, its HOME empty of docker config, and DOCKER_HOST naming
+    the agent's daemon (the `docker.sock` beside it) unless `env` says otherwise (None: unset)."""
+    home = shim.parent / "home"
+    home.mkdir(exist_ok=True)
+    base = {"PATH": "/usr/bin:/bin", "HOME": str(home), "DOCKER_HOST": f"unix://{shim.parent / 'docker.sock'}"}
+    env = {k: v for k, v in {**base, **(env or {})}.items() if v is not None}   # None: unset
+    return subprocess.run([DASH, str(shim), *args], capture_output=True, timeout=30, env=env, **kw)
 
 
 def argv_of(out: subprocess.CompletedProcess) -> list[str]:
@@ -56,14 +67,19 @@ def test_sh_quote_round_trips_through_dash(values):
 
 
 def test_render_refuses_what_cannot_be_baked_in():
+    sock = "unix:///var/run/docker.sock"
     with pytest.raises(ValueError, match="client must be an absolute path, got 'docker'"):
-        render_shim("docker", "/c", "/r", "1")
+        render_shim("docker", "/c", "/r", sock, "1")
     with pytest.raises(ValueError, match="NUL"):
-        render_shim("/usr/bin/docker", "/c\0x", "/r", "1")
+        render_shim("/usr/bin/docker", "/c\0x", "/r", sock, "1")
     with pytest.raises(ValueError, match="records path"):
-        render_shim("/usr/bin/docker", "/c", "r", "1")
+        render_shim("/usr/bin/docker", "/c", "r", sock, "1")
     with pytest.raises(ValueError, match="agent version"):
-        render_shim("/usr/bin/docker", "/c", "/r", "1\nrm -rf /")
+        render_shim("/usr/bin/docker", "/c", "/r", sock, "1\nrm -rf /")
+    with pytest.raises(ValueError, match="daemon host must be unix:///absolute/path, got 'tcp://h:2375'"):
+        render_shim("/usr/bin/docker", "/c", "/r", "tcp://h:2375", "1")
+    with pytest.raises(ValueError, match="daemon host must be unix:///absolute/path, got 'unix://rel.sock'"):
+        render_shim("/usr/bin/docker", "/c", "/r", "unix://rel.sock", "1")
 
 
 def test_mount_spec_quotes_a_source_docker_would_split():
@@ -76,8 +92,8 @@ NASTY = "/tmp/it's a \"dir\", $HOME `x` *"
 
 
 @pytest.mark.parametrize("paths", [
-    ("/opt/docker/bin/docker", "/hijacked-armhf-cpuinfo", "/run/armhf-agent/shim-records"),
-    (NASTY + "/docker", NASTY + "/cpuinfo", NASTY + "/records\nnext line"),
+    ("/opt/docker/bin/docker", "/hijacked-armhf-cpuinfo", "/run/armhf-agent/shim-records", "unix:///var/run/docker.sock"),
+    (NASTY + "/docker", NASTY + "/cpuinfo", NASTY + "/records\nnext line", "unix://" + NASTY + "/d'ocker.sock"),
 ])
 def test_rendered_script_is_clean_posix_sh(tmp_path, paths):
     script = tmp_path / "docker"
@@ -95,8 +111,11 @@ def test_nasty_paths_are_used_verbatim(tmp_path):
     folder = tmp_path / "it's a \"dir\", $HOME `x` *"
     folder.mkdir()
     client = make_client(folder / "docker client", RECORDING_CLIENT)
-    shim = install_shim(tmp_path, client, cpuinfo=str(folder / "cpu,info"), records=str(folder / "rec'ords"))
-    out = run_shim(shim, "run", "img")
+    daemon = folder / "dock'er.sock"
+    daemon.touch()
+    shim = install_shim(tmp_path, client, cpuinfo=str(folder / "cpu,info"), records=str(folder / "rec'ords"),
+                        daemon=daemon)
+    out = run_shim(shim, "run", "img", env={"DOCKER_HOST": f"unix://{daemon}"})
     assert argv_of(out) == ["run", "--mount", mount_spec(str(folder / "cpu,info")), "img"]
     assert (folder / "rec'ords").read_text() == "1 - run 1 - -\n"
 
@@ -107,9 +126,10 @@ M = ["--mount", mount_spec("/hijacked-armhf-cpuinfo")]
 
 @pytest.mark.parametrize("argv, expected", [
     (["run", "bb"], ["run", *M, "bb"]),
-    (["-H", "unix:///s", "--debug", "container", "run", "-it", "bb"], ["-H", "unix:///s", "--debug", "container", "run", *M, "-it", "bb"]),
-    (["-Hunix:///s", "-l=debug", "--config=/c", "create", "bb"], ["-Hunix:///s", "-l=debug", "--config=/c", "create", *M, "bb"]),
-    (["-DH", "unix:///s", "--", "run", "bb"], ["-DH", "unix:///s", "--", "run", *M, "bb"]),
+    (["-H", "OURS", "--debug", "container", "run", "-it", "bb"], ["-H", "OURS", "--debug", "container", "run", *M, "-it", "bb"]),
+    (["-HOURS", "-l=debug", "--config=/c", "create", "bb"], ["-HOURS", "-l=debug", "--config=/c", "create", *M, "bb"]),
+    (["-DH", "OURS", "--", "run", "bb"], ["-DH", "OURS", "--", "run", *M, "bb"]),
+    (["-H", "unix:///s", "run", "bb"], None),
     (["run", "-v", "/x:/proc/cpuinfo:ro", "bb"], None),
     (["run", "-itv/x:/proc/cpuinfo", "bb"], None),
     (["run", "--mount", "src=/x,DST=/proc/cpuinfo,type=bind", "bb"], None),
@@ -125,7 +145,197 @@ M = ["--mount", mount_spec("/hijacked-armhf-cpuinfo")]
 ])
 def test_documented_decisions(tmp_path, argv, expected):
     shim = install_shim(tmp_path, make_client(tmp_path / "client", RECORDING_CLIENT))
-    assert argv_of(run_shim(shim, *argv)) == (argv if expected is None else expected)
+    ours = f"unix://{tmp_path / 'docker.sock'}"
+    argv = [w.replace("OURS", ours) for w in argv]
+    expected = argv if expected is None else [w.replace("OURS", ours) for w in expected]
+    assert argv_of(run_shim(shim, *argv)) == expected
+
+
+# Mount targets docker cleans (path.Clean) before comparing: each is the user's own cpuinfo mount, so
+# a second one would be refused as a duplicate mount point (test_shim_dockerd.py shows it on dockerd).
+@pytest.mark.parametrize("option", [
+    ["-v", "/x:/proc/cpuinfo/"], ["-v", "/x:/proc//cpuinfo:ro"], ["-v", "/proc/./cpuinfo"], ["-v/x:/proc/../proc/cpuinfo"],
+    ["--volume=/x://proc/cpuinfo/."], ["--mount", "type=bind,src=/x,target=/proc/cpuinfo/"],
+    ["--mount", 'type=bind,"dst=/proc//cpuinfo",src=/x'], ["--mount=destination=/proc/cpuinfo/x/..,src=/x"],
+    ["--mount", "target=/data,src=/x,target=/../proc/cpuinfo"],
+])
+def test_a_cpuinfo_target_in_any_spelling_is_the_users_own(tmp_path, option):
+    shim = install_shim(tmp_path, make_client(tmp_path / "client", RECORDING_CLIENT))
+    assert argv_of(run_shim(shim, "run", *option, "bb")) == ["run", *option, "bb"]
+
+
+@pytest.mark.parametrize("option", [
+    ["-v", "/x:/proc/cpuinfo2"], ["-v", "/x:/proc/cpuinfo/x"], ["-v", "/proc/cpuinfo:/data"],
+    ["--mount", "target=/proc/cpuinfo,src=/x,target=/data"], ["--mount", 'type=bind,"src=/proc/cpuinfo",dst=/d'],
+])
+def test_near_misses_still_get_the_mount(tmp_path, option):
+    shim = install_shim(tmp_path, make_client(tmp_path / "client", RECORDING_CLIENT))
+    assert argv_of(run_shim(shim, "run", *option, "bb")) == ["run", *M, *option, "bb"]
+
+
+def test_a_mount_value_docker_cannot_read_gets_no_mount(tmp_path):
+    """Go's encoding/csv refuses a bare quote or text after a closing one: docker rejects the command."""
+    shim = install_shim(tmp_path, make_client(tmp_path / "client", RECORDING_CLIENT))
+    for spec in ['type=bind,tar"get=/d', '"target=/d"x,src=/x', '"target=/d']:
+        assert argv_of(run_shim(shim, "run", "--mount", spec, "bb")) == ["run", "--mount", spec, "bb"]
+
+
+def make_context(home: Path, name: str, host: str) -> None:
+    """A context made by the real docker client (its own meta.json format)."""
+    subprocess.run(["/usr/bin/docker", "context", "create", name, "--docker", f"host={host}"], check=True,
+                   capture_output=True, env={"HOME": str(home), "PATH": "/usr/bin:/bin"})
+
+
+def use_context(home: Path, name: str) -> None:
+    subprocess.run(["/usr/bin/docker", "context", "use", name], check=True, capture_output=True,
+                   env={"HOME": str(home), "PATH": "/usr/bin:/bin"})
+
+
+needs_client = pytest.mark.skipif(not Path("/usr/bin/docker").exists(), reason="needs docker.io's client")
+
+
+def _record(tmp_path: Path) -> tuple[str, str]:
+    *_, last = (tmp_path / "records").read_text().splitlines()
+    _, _, klass, injected, _, _ = last.split()
+    return klass, injected
+
+
+@needs_client
+def test_the_daemon_is_resolved_as_docker_does(tmp_path):
+    """docker/cli cli/command/cli.go resolveContextName: --context, then -H (both: refused), then
+    DOCKER_HOST, DOCKER_CONTEXT, config.json's currentContext; "default" is the default host."""
+    shim = install_shim(tmp_path, make_client(tmp_path / "client", RECORDING_CLIENT))
+    ours, elsewhere = f"unix://{tmp_path / 'docker.sock'}", "unix:///run/not-the-agents.sock"
+    home = tmp_path / "home"
+    home.mkdir()
+    make_context(home, "armhf", ours)
+    make_context(home, "remote", "tcp://192.0.2.1:2376")
+    cases = [
+        ([], {}, False),                                        # unix:///var/run/docker.sock: not ours here
+        (["-H", ours], {}, True), (["-H", elsewhere], {"DOCKER_HOST": ours}, False),
+        (["-H", "tcp://192.0.2.1:2375"], {}, False), (["--host=ssh://me@h"], {}, False),
+        (["-H", ours, "-H", ours], {}, False),                 # docker: "specify only one -H"
+        (["-H", ours, "--context", "armhf"], {}, False),        # docker: conflicting options
+        ([], {"DOCKER_HOST": ours}, True), ([], {"DOCKER_HOST": f" unix://{tmp_path}//./docker.sock\n"}, True),
+        (["--context", "armhf"], {"DOCKER_HOST": elsewhere}, True),
+        (["-c", "remote"], {"DOCKER_HOST": ours}, False),
+        (["--context=default"], {"DOCKER_HOST": ours}, True),   # the default context uses DOCKER_HOST
+        ([], {"DOCKER_HOST": ours, "DOCKER_CONTEXT": "remote"}, True),
+        ([], {"DOCKER_CONTEXT": "armhf"}, True), ([], {"DOCKER_CONTEXT": "remote"}, False),
+        ([], {"DOCKER_CONTEXT": "nonesuch"}, False),
+    ]
+    for argv, env, inject in cases:
+        out = run_shim(shim, *argv, "run", "bb", env={"HOME": str(home), "DOCKER_HOST": None, **env})
+        assert argv_of(out) == [*argv, "run", *(M if inject else []), "bb"], (argv, env)
+        assert _record(tmp_path) == ("run", "1" if inject else "0")
+    use_context(home, "armhf")
+    assert argv_of(run_shim(shim, "create", "bb", env={"HOME": str(home), "DOCKER_HOST": None})) == ["create", *M, "bb"]
+    assert argv_of(run_shim(shim, "--config", str(tmp_path / "empty"), "create", "bb",
+                            env={"HOME": str(home), "DOCKER_HOST": None})) == ["--config", str(tmp_path / "empty"),
+                                                                             "create", "bb"]
+    use_context(home, "remote")
+    assert argv_of(run_shim(shim, "create", "bb", env={"HOME": str(home), "DOCKER_HOST": None})) == ["create", "bb"]
+    assert argv_of(run_shim(shim, "create", "bb", env={"DOCKER_CONFIG": str(home / ".docker"), "DOCKER_HOST": None,
+                                                       "DOCKER_CONTEXT": "armhf"})) == ["create", *M, "bb"]
+
+
+@needs_client
+@pytest.mark.parametrize("config", [
+    '{"currentContext": 42}', '{\n\t"currentContext": "armhf"', '{"currentContext": "x", "currentContext": "armhf"}',
+    '{"currentContext": "arm\\u0068f"}', '{"current\\u0043ontext": "armhf"}',
+])
+def test_a_config_json_the_shim_cannot_read_means_no_mount_and_an_unresolved_record(tmp_path, config):
+    shim = install_shim(tmp_path, make_client(tmp_path / "client", RECORDING_CLIENT))
+    home = tmp_path / "home"
+    home.mkdir()
+    make_context(home, "armhf", f"unix://{tmp_path / 'docker.sock'}")
+    (home / ".docker" / "config.json").write_text(config)
+    assert argv_of(run_shim(shim, "run", "bb", env={"HOME": str(home), "DOCKER_HOST": None})) == ["run", "bb"]
+    assert _record(tmp_path) == ("unresolved", "0")
+    [record] = [r for r in ShimRecordReader(str(tmp_path / "records")).read_new()]
+    assert (record.klass, record.injected) == ("unresolved", False)
+
+
+@needs_client
+def test_a_context_file_docker_did_not_write_means_unresolved(tmp_path):
+    shim = install_shim(tmp_path, make_client(tmp_path / "client", RECORDING_CLIENT))
+    home = tmp_path / "home"
+    home.mkdir()
+    make_context(home, "armhf", f"unix://{tmp_path / 'docker.sock'}")
+    [meta] = (home / ".docker" / "contexts" / "meta").glob("*/meta.json")
+    meta.write_text(json.dumps(json.loads(meta.read_text()), indent=2))
+    assert argv_of(run_shim(shim, "-c", "armhf", "run", "bb", env={"HOME": str(home)})) == ["-c", "armhf", "run", "bb"]
+    assert _record(tmp_path) == ("unresolved", "0")
+
+
+@needs_client
+def test_docker_20_10_and_later_clients_disagree_on_an_empty_docker_host(tmp_path):
+    """20.10 takes a set-but-empty DOCKER_HOST for the default host, later clients skip it."""
+    shim = install_shim(tmp_path, make_client(tmp_path / "client", RECORDING_CLIENT))
+    home = tmp_path / "home"
+    home.mkdir()
+    make_context(home, "armhf", f"unix://{tmp_path / 'docker.sock'}")
+    assert argv_of(run_shim(shim, "run", "bb", env={"HOME": str(home), "DOCKER_HOST": "", "DOCKER_CONTEXT": "armhf"})) \
+        == ["run", "bb"]
+    assert _record(tmp_path) == ("unresolved", "0")
+    # both read the default host when no context is named
+    assert argv_of(run_shim(shim, "run", "bb", env={"HOME": str(home), "DOCKER_HOST": ""})) == ["run", "bb"]
+    assert _record(tmp_path) == ("run", "0")
+
+
+def test_without_contexts_config_json_is_not_read(tmp_path):
+    """Without a context, a currentContext other than `default` makes docker refuse the command, so
+    the file cannot change the answer: one the shim could not read does not make it unresolved."""
+    shim = install_shim(tmp_path, make_client(tmp_path / "client", RECORDING_CLIENT))
+    home = tmp_path / "home"
+    (home / ".docker").mkdir(parents=True)
+    (home / ".docker" / "config.json").write_text('{"currentContext": 42}')
+    assert argv_of(run_shim(shim, "run", "bb", env={"HOME": str(home), "DOCKER_HOST": None})) == ["run", "bb"]
+    assert _record(tmp_path) == ("run", "0")
+    assert argv_of(run_shim(shim, "run", "bb", env={"HOME": str(home)})) == ["run", *M, "bb"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="makes a socket folder under /run (root)")
+def test_var_run_and_run_are_one_folder(tmp_path):
+    folder = Path(f"/run/armhf-shim-test-{os.getpid()}")
+    folder.mkdir()
+    try:
+        (folder / "docker.sock").touch()
+        (folder / "link.sock").symlink_to("docker.sock")
+        shim = install_shim(tmp_path, make_client(tmp_path / "client", RECORDING_CLIENT),
+                            daemon=Path("/var/run") / folder.name / "docker.sock")
+        for host in (f"unix://{folder}/docker.sock", f"unix:///var/run/{folder.name}/docker.sock",
+                     f"unix:///run/../var/run/{folder.name}/./docker.sock", f"unix://{folder}/link.sock",
+                     f"unix://unix://{folder}/docker.sock"):
+            assert argv_of(run_shim(shim, "-H", host, "run", "bb")) == ["-H", host, "run", *M, "bb"], host
+        for host in (f"unix://{folder}/other.sock", f"unix://{folder}", f"tcp://{folder}/docker.sock"):
+            assert argv_of(run_shim(shim, "-H", host, "run", "bb")) == ["-H", host, "run", "bb"], host
+        relative = run_shim(shim, "-H", "unix://docker.sock", "run", "bb", cwd=folder)
+        assert argv_of(relative) == ["-H", "unix://docker.sock", "run", *M, "bb"]
+    finally:
+        shutil.rmtree(folder)
+
+
+@needs_client
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="binds a passwd file (root, unshare)")
+def test_without_home_the_users_home_comes_from_passwd(tmp_path):
+    """docker (os/user, runc's user package in 20.10) looks the real uid up in /etc/passwd."""
+    shim = install_shim(tmp_path, make_client(tmp_path / "client", RECORDING_CLIENT))
+    home = tmp_path / "roothome"
+    home.mkdir()
+    make_context(home, "armhf", f"unix://{tmp_path / 'docker.sock'}")
+    use_context(home, "armhf")
+    passwd = tmp_path / "passwd"
+    passwd.write_text(f"nobody:x:65534:65534::/nonexistent:/bin/false\nroot:x:0:0:root:{home}:/bin/sh\n")
+    script = 'mount --bind "$1" /etc/passwd && shift && exec env -i PATH=/usr/bin:/bin "$@"'
+
+    def without_home() -> list[str]:
+        return argv_of(subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+                                       str(passwd), DASH, str(shim), "run", "bb"], capture_output=True, timeout=30))
+    assert without_home() == ["run", *M, "bb"]
+    make_context(home, "remote", "tcp://192.0.2.1:2376")
+    use_context(home, "remote")
+    assert without_home() == ["run", "bb"]
 
 
 def test_disable_and_default_platform_from_the_environment(tmp_path):
