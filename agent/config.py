@@ -161,6 +161,16 @@ def _bcrypt_hash(value: str) -> str:
     return check_hash(value)
 
 
+class RuntimeSection(Section):
+    # The runtime wrapper (agent/runtime.py): a `runc` first in dockerd's PATH that gives every container
+    # and build step the hijacked cpuinfo. Its folder is the agent's own, root's, 0755, and never the
+    # payload's (install-docker replaces that folder whole).
+    wrapper: bool = True
+    dir: str = "/var/lib/armhf-agent/runtime"
+
+    _abs = field_validator("dir")(_absolute)
+
+
 class MetricsSection(Section):
     listen: str = f"0.0.0.0:{DEFAULT_METRICS_PORT}"
     tls_cert: str = ""
@@ -263,7 +273,16 @@ class AgentConfig(BaseSettings):
     docker: DockerSection = DockerSection()
     cpuinfo: CpuinfoSection = CpuinfoSection()
     shim: ShimSection = ShimSection()
+    runtime: RuntimeSection = RuntimeSection()
     metrics: MetricsSection = MetricsSection()
+
+    @model_validator(mode="after")
+    def _wrapper_outside_the_payload(self) -> "AgentConfig":
+        inside = lambda path, folder: (path.rstrip("/") + "/").startswith(folder.rstrip("/") + "/")  # noqa: E731
+        if self.runtime.wrapper and (inside(self.runtime.dir, self.docker.root) or inside(self.docker.root, self.runtime.dir)):
+            raise ValueError(f"runtime.dir {self.runtime.dir!r} and docker.root {self.docker.root!r} overlap: "
+                             "install-docker replaces the payload's folder whole; give the wrapper a folder of its own")
+        return self
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,

@@ -45,6 +45,9 @@ CONTAINERD_EXIT_WAIT_SECONDS = 5.0
 # Variables that must not reach dockerd: with NOTIFY_SOCKET set it sends its own READY=1/STOPPING=1
 # to our unit (../shared/reference/packaging-and-systemd.md).
 SCRUBBED_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+# Variables only the agent sets for dockerd: one inherited from the agent's own environment would
+# otherwise survive turning the wrapper off.
+_OURS = ("DOCKER_BUILDKIT_RUNC_COMMAND",)
 
 
 @dataclass(frozen=True)
@@ -61,16 +64,18 @@ class DockerdSpec:
     containerd_pidfile: str      # the containerd dockerd manages (<exec-root>/containerd/containerd.pid)
 
     @classmethod
-    def from_config(cls, config, payload, environ: dict[str, str], path_first: tuple[str, ...] = ()) -> "DockerdSpec":
+    def from_config(cls, config, payload, environ: dict[str, str], path_first: tuple[str, ...] = (),
+                    extra_env: dict[str, str] | None = None) -> "DockerdSpec":
         """dockerd's argv and environment for this config and payload. `path_first`: folders put before
-        the payload's on PATH (the runtime wrapper's)."""
+        the payload's on PATH, and `extra_env`: variables, both for the runtime wrapper (agent.runtime)."""
         d = config.docker
         argv = [payload.dockerd, "-H", d.host, "--data-root", d.data_root, "--exec-root", d.exec_root,
                 "--pidfile", d.pidfile]
         if config.metrics.docker_metrics:
             argv += ["--metrics-addr", config.metrics.docker_metrics_listen]
         argv += list(d.args)
-        env = {k: v for k, v in environ.items() if k not in SCRUBBED_ENV}
+        env = {k: v for k, v in environ.items() if k not in SCRUBBED_ENV and k not in _OURS}
+        env.update(extra_env or {})
         # The payload's folders first: dockerd finds containerd, runc, docker-init, docker-proxy on PATH.
         env["PATH"] = ":".join([*path_first, *payload.path_dirs(), env.get("PATH") or DEFAULT_PATH])
         return cls(dockerd=payload.dockerd, argv=tuple(argv), env=tuple(sorted(env.items())),

@@ -26,7 +26,9 @@ from agent.aarch32 import (ARM_HOST_MACHINES, DEFAULT_BINFMT_ROOT, Aarch32Report
 from agent.config import AgentConfig
 from agent.elf import elf_info
 from agent.docker_api import peer_pid
-from agent.processes import DEFAULT_PATH, read_cmdline
+from agent import runtime
+from agent.managed import MANAGED_FILES, RUNTIME_WRAPPER
+from agent.processes import DEFAULT_PATH, read_cmdline, read_environ
 from agent.status import AgentLiveness, read_agent
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
@@ -390,11 +392,42 @@ def check_managed_files(config: AgentConfig, live: AgentLiveness) -> Check:
             return Check("managed-files", FAIL, "; ".join(bad), "see `armhf-agent status` and the agent's log")
         names = ", ".join(f"{f.name} ok" for f in live.snapshot.files) or "none reported"
         return Check("managed-files", PASS, f"{names} (per the running agent)")
-    missing = [p for p in (config.cpuinfo.path, config.shim.path) if not os.path.lexists(p)]
+    paths = [spec.path_of(config) for spec in MANAGED_FILES
+             if spec is not RUNTIME_WRAPPER or config.runtime.wrapper]
+    missing = [p for p in paths if not os.path.lexists(p)]
     if missing:
         return Check("managed-files", WARN, f"agent not running; missing {', '.join(missing)}",
                      "start the agent: it installs them")
-    return Check("managed-files", PASS, f"agent not running; {config.cpuinfo.path} and {config.shim.path} present")
+    return Check("managed-files", PASS, f"agent not running; {', '.join(paths)} present")
+
+
+def check_runtime_wrapper(config: AgentConfig, root: HostRoot, live: AgentLiveness) -> Check:
+    """Whether every container and build step gets the hijacked cpuinfo: the wrapper is on, in place,
+    in a folder nobody else can write, and first in the PATH of the dockerd that runs (its environment
+    in /proc), where containerd's shim and BuildKit look runc up."""
+    if not config.runtime.wrapper:
+        return Check("runtime-wrapper", WARN, "off ([runtime] wrapper = false): only `docker run` through the shim "
+                     "gets the hijacked cpuinfo; Engine-API clients, compose and build steps see the host's",
+                     "set [runtime] wrapper = true unless a tool of yours mounts its own /proc/cpuinfo")
+    path = runtime.wrapper_path(config)
+    unsafe = payloads.unsafe_reason(config.runtime.dir) if os.path.isdir(config.runtime.dir) else None
+    if unsafe:
+        return Check("runtime-wrapper", FAIL, f"{config.runtime.dir} is first in dockerd's PATH but {unsafe}",
+                     f"chown root:root and chmod 0755 {config.runtime.dir} (and its parents)")
+    pid = live.snapshot.dockerd.pid if live.running and live.snapshot.dockerd.state == "running" else None
+    if pid is None:
+        there = "in place" if os.path.isfile(path) else "not installed yet (the agent writes it)"
+        return Check("runtime-wrapper", PASS, f"on; {path} {there}; no running dockerd to look at")
+    env = read_environ(root.proc, pid)
+    if env is None:
+        return Check("runtime-wrapper", WARN, f"cannot read dockerd (pid {pid})'s environment", "run doctor as root")
+    first = env.get("PATH", "").split(":")[0]
+    if first != config.runtime.dir or env.get(runtime.BUILDKIT_RUNC_ENV) != path:
+        return Check("runtime-wrapper", FAIL, f"dockerd (pid {pid}) runs with PATH starting {first!r} and "
+                     f"{runtime.BUILDKIT_RUNC_ENV}={env.get(runtime.BUILDKIT_RUNC_ENV, '')!r}: containers it starts "
+                     "and build steps miss the hijacked cpuinfo",
+                     "systemctl reload armhf-agent (the agent restarts dockerd gracefully onto the wrapper)")
+    return Check("runtime-wrapper", PASS, f"on; dockerd (pid {pid}) finds {path} first in its PATH")
 
 
 def check_cpuinfo_profile(config: AgentConfig, root: HostRoot, live: AgentLiveness) -> Check:
@@ -471,6 +504,7 @@ def run_checks(config: AgentConfig, root: HostRoot, config_error: str | None = N
         check_shim_precedence(config, root),
         check_config(config_error),
         check_managed_files(config, live),
+        check_runtime_wrapper(config, root, live),
         check_cpuinfo_profile(config, root, live),
         check_cgroups(root),
         check_overlay(root),

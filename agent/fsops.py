@@ -49,6 +49,25 @@ def atomic_write(path: str, data: bytes, mode: int, uid: int = 0, gid: int = 0, 
         os.close(dfd)
 
 
+def ensure_private_dir(path: str, mode: int = 0o755) -> None:
+    """A folder of the agent's own: created if missing, root-owned with `mode`, fixed in place on the
+    folder itself (O_NOFOLLOW|O_DIRECTORY: a symlink or a file there raises, never followed). Missing
+    folders above it are made root's 0755."""
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        pass
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if (st.st_uid, st.st_gid, st.st_mode & 0o7777) != (0, 0, mode):
+            os.fchown(fd, 0, 0)
+            os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
 def fix_owner_and_mode(path: str, mode: int, uid: int = 0, gid: int = 0) -> None:
     """root-owned with `mode`, on the file itself (O_NOFOLLOW: never a symlink's target)."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)

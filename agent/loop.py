@@ -24,7 +24,10 @@ from .dockerd import DockerdSpec, DockerdSupervisor, Timings
 from .fsops import DisplacedStore, atomic_write
 from .hijack import CpuinfoSource, containerd_variant_of_pid, daemon_view_stale
 from .instance import InstanceLock, InstanceLocked
-from .managed import CPUINFO, MANAGED_FILES, SHIM, ManagedFile
+from . import runtime
+from .fsops import ensure_private_dir
+from .managed import CPUINFO, MANAGED_FILES, RUNTIME_WRAPPER, SHIM, ManagedFile
+from .payload import unsafe_reason
 from .notify import Notifier
 from .processes import Processes
 from .ratelimit import RateLimitedLog
@@ -93,6 +96,15 @@ class Agent:
     @property
     def shim_file(self) -> ManagedFile:
         return self.files[SHIM.name]
+
+    @property
+    def wrapper_file(self) -> ManagedFile:
+        return self.files[RUNTIME_WRAPPER.name]
+
+    def _published_files(self):
+        """The files that are part of this config: the runtime wrapper only while it is on (off, it is
+        kept absent, and not reported as a file that is "not ok")."""
+        return [f for f in self.files.values() if f is not self.wrapper_file or self.config.runtime.wrapper]
 
     # -- reconfiguration ---------------------------------------------------------------------------
     def _apply_config(self, loaded: LoadedConfig) -> None:
@@ -213,15 +225,39 @@ class Agent:
             self.shim_file.set_desired(shim_content(client, c.cpuinfo.path, records_path(c), c.docker.host, __version__))
         else:
             self.shim_file.set_desired(None, why_not, absent=True)
-        problem = ensure_records_file(records_path(c), self.store)
-        if problem:
-            self.errors("records", logging.ERROR, "shim records: %s", problem)
+        self._want_wrapper(payload)
+        for path, docker_group in ((records_path(c), True), (runtime.records_path(c), False)):
+            problem = ensure_records_file(path, self.store, docker_group)
+            if problem:
+                self.errors(f"records:{path}", logging.ERROR, "records: %s", problem)
         for f in self.files.values():
             problem = f.ensure()
             if problem is not None and f.write_error:
                 self.errors(f"write-{f.name}", logging.ERROR, "%s: %s (will retry)", f.name, f.write_error)
             elif problem is None:
                 self.errors.clear(f"write-{f.name}")
+
+    def _want_wrapper(self, payload) -> None:
+        """The runtime wrapper around the payload's runc. Its folder goes first in dockerd's PATH, which
+        root's daemon searches for runc: it must be root's and writable by nobody else, all the way up."""
+        c, wrapper = self.config, self.wrapper_file
+        runc = payload.binaries.get("runc")
+        if not c.runtime.wrapper:
+            wrapper.set_desired(None, "off ([runtime] wrapper = false)", absent=True)
+            return
+        if not runc:
+            wrapper.set_desired(None, f"no runc in {c.docker.root} to wrap", absent=True)
+            return
+        try:
+            ensure_private_dir(c.runtime.dir)
+        except OSError as exc:
+            wrapper.set_desired(None, f"cannot make its folder {c.runtime.dir}: {exc.strerror or exc}")
+            return
+        unsafe = unsafe_reason(c.runtime.dir)
+        if unsafe:
+            wrapper.set_desired(None, f"its folder is not safe to put first in dockerd's PATH: {unsafe}", absent=True)
+            return
+        wrapper.set_desired(runtime.render_wrapper(runc, c.cpuinfo.path, runtime.records_path(c), __version__).encode())
 
     def _configure_dockerd(self, payload) -> None:
         blocked = None
@@ -231,12 +267,17 @@ class Agent:
             blocked = "payload " + "; ".join(payload.problems)
         elif self.config.cpuinfo.daemon and (cpuinfo_file.desired is None or cpuinfo_file.last_problem is not None):
             blocked = f"cpuinfo file not in place ({cpuinfo_file.describe().problem})"
+        elif self.config.runtime.wrapper and (self.wrapper_file.desired is None or self.wrapper_file.last_problem is not None):
+            # Docker >= 26 resolves DOCKER_BUILDKIT_RUNC_COMMAND when it starts: a dockerd started before the
+            # wrapper is in place would have no BuildKit. One already running keeps going.
+            blocked = f"runtime wrapper not in place ({self.wrapper_file.describe().problem})"
         else:
             refused = self.linux32.refused(self.config.docker.personality)
             if refused:
                 blocked = refused
             else:
-                spec = DockerdSpec.from_config(self.config, payload, self.environ)
+                path_first, extra_env = runtime.dockerd_environment(self.config)
+                spec = DockerdSpec.from_config(self.config, payload, self.environ, path_first, extra_env)
         self.supervisor.configure(spec, blocked)
 
     def _decide_restarts(self, obs: Observation) -> None:
@@ -348,7 +389,7 @@ class Agent:
             metrics_url=self.metrics.url if self.metrics else "",
             exec_mode=self.exec_mode[0], exec_detail=self.exec_mode[1], reloads=dict(self.reloads),
             dockerd=self.supervisor.snapshot(self.platform), payload=self.tracker.describe(),
-            files=tuple(f.describe() for f in self.files.values()), cpuinfo=self.cpuinfo_source.describe(),
+            files=tuple(f.describe() for f in self._published_files()), cpuinfo=self.cpuinfo_source.describe(),
         )
 
     def _publish(self) -> bool:

@@ -14,7 +14,7 @@ import stat
 from dataclasses import dataclass
 from typing import Callable
 
-from . import fsops
+from . import fsops, runtime
 from .fsops import DisplacedStore
 from .state import REPAIR_REASONS, FileState
 
@@ -41,7 +41,8 @@ SHIM_MARKER = b"installed by armhf-agent"
 
 CPUINFO = ManagedSpec("cpuinfo", 0o644, CPUINFO_MARKER, lambda config: config.cpuinfo.path)
 SHIM = ManagedSpec("shim", 0o755, SHIM_MARKER, lambda config: config.shim.path)
-MANAGED_FILES = (CPUINFO, SHIM)
+RUNTIME_WRAPPER = ManagedSpec("runtime-wrapper", 0o755, runtime.WRAPPER_MARKER, runtime.wrapper_path)
+MANAGED_FILES = (CPUINFO, SHIM, RUNTIME_WRAPPER)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from agent.managed import MANAGED_FILES
+from agent.runtime import RESULTS as RUNTIME_RESULTS
 from agent.shim_records import SHIM_CLASSES
 from agent.state import (
     DOCKERD_STATES,
@@ -203,3 +204,28 @@ class ShimMetrics(Collector):
                         self._builds),
                 self._durations.family("image_build_duration_seconds", "Wall time of image builds through the shim"),
             ]
+
+
+class RuntimeWrapperMetrics(Collector):
+    """What the runtime wrapper did with each container's and build step's spec (its records,
+    agent/runtime.py): injected the cpuinfo, left it (own_mount: the spec mounts its own; arm64: a
+    64-bit Arm userland), or failed (the container started anyway, without the cpuinfo)."""
+
+    LABELS = tuple(result.replace("-", "_") for result in RUNTIME_RESULTS)
+
+    def __init__(self, registry: CollectorRegistry):
+        self._lock = threading.Lock()
+        self._runs: dict[str, int] = {}
+        registry.register(self)
+
+    def observe(self, records) -> None:
+        with self._lock:
+            for record in records:
+                label = record.result.replace("-", "_")
+                self._runs[label] = self._runs.get(label, 0) + 1
+
+    def collect(self) -> list[Metric]:
+        with self._lock:
+            return [counter("runtime_wrapper_runs_total",
+                            "Container and build-step specs the runtime wrapper saw, by what it did", "result",
+                            self.LABELS, self._runs)]

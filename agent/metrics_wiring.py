@@ -13,7 +13,8 @@ from prometheus_client import CollectorRegistry
 from .container_events import ContainerEventCounter
 from .docker_api import DockerApi
 from .http_server import MetricsServer
-from .metrics import AgentCollector, ShimMetrics
+from . import runtime
+from .metrics import AgentCollector, RuntimeWrapperMetrics, ShimMetrics
 from .shim_records import ShimRecordReader, records_path
 from .state import RUNNING, Snapshot
 
@@ -28,6 +29,8 @@ class AgentMetrics:
         AgentCollector(latest, self.registry)
         self.shim = ShimMetrics(self.registry)
         self.records = ShimRecordReader(records_path(config))
+        self.wrapper = RuntimeWrapperMetrics(self.registry)
+        self.wrapper_records = ShimRecordReader(runtime.records_path(config), parse=runtime.parse_record)
         self.socket = config.docker.socket_path
         self.dockerd_pid: int | None = None
         self.events = ContainerEventCounter(self._client_factory(self.socket), time.time, self.registry)
@@ -72,6 +75,8 @@ class AgentMetrics:
         if records_path(config) != records_path(old):
             self.records.close()
             self.records = ShimRecordReader(records_path(config))
+            self.wrapper_records.close()
+            self.wrapper_records = ShimRecordReader(runtime.records_path(config), parse=runtime.parse_record)
 
     def on_step(self, snapshot: Snapshot | None) -> None:
         if snapshot is not None:
@@ -80,11 +85,13 @@ class AgentMetrics:
                 self.dockerd_pid = d.pid
                 self.events.kick()
         self.shim.observe(self.records.read_new())
+        self.wrapper.observe(self.wrapper_records.read_new())
 
     def stop(self) -> None:
         self.events.stop()
         self.server.stop()
         self.records.close()
+        self.wrapper_records.close()
 
 
 def start_metrics(config, latest: Callable[[], Snapshot | None]) -> AgentMetrics:

@@ -29,6 +29,16 @@ def launcher_command(*options: str) -> list[str]:
     return [sys.executable, "-I", "-S", LAUNCHER, *options]
 
 
+def read_environ(proc_root: str, pid: int) -> dict[str, str] | None:
+    """The environment a process was started with (/proc/PID/environ), None when unreadable."""
+    try:
+        raw = Path(proc_root, str(pid), "environ").read_bytes()
+    except OSError:
+        return None
+    pairs = (item.decode(errors="replace").partition("=") for item in raw.split(b"\0") if item)
+    return {key: value for key, _, value in pairs}
+
+
 def read_cmdline(proc_root: str, pid: int) -> list[str] | None:
     """A process's argv; None when there is no such process (or it is a zombie: an empty cmdline)."""
     try:
@@ -154,13 +164,7 @@ class Processes:
             return None
 
     def environ(self, pid: int) -> dict[str, str] | None:
-        """The environment a process was started with (/proc/PID/environ), None when unreadable."""
-        try:
-            raw = Path(self.proc, str(pid), "environ").read_bytes()
-        except OSError:
-            return None
-        pairs = (item.decode(errors="replace").partition("=") for item in raw.split(b"\0") if item)
-        return {key: value for key, _, value in pairs}
+        return read_environ(self.proc, pid)
 
     def find_process(self, exe: str, argument: str) -> int | None:
         """A live process running `exe` with `argument` among its arguments: the dockerd an earlier agent

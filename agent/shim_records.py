@@ -47,14 +47,14 @@ def records_path(config) -> str:
     return os.path.join(config.agent.run_dir, RECORDS_FILE)
 
 
-def ensure_records_file(path: str, store=None) -> str | None:
+def ensure_records_file(path: str, store=None, docker_group: bool = True) -> str | None:
     """The file the shim appends to, as whoever runs docker: root, or members of the `docker` group.
     Created with an explicit owner and mode (the shim never creates it: a missing run_dir just means no
     record), and kept so: a changed owner or mode is fixed in place, anything but a regular file at
     the path (a symlink would make root's appends write wherever it points) is moved to the displaced
     store and replaced. Returns the problem that remains, None when the file is right."""
     try:
-        gid = grp.getgrnam("docker").gr_gid
+        gid = grp.getgrnam("docker").gr_gid if docker_group else 0
     except KeyError:
         gid = 0
     mode = 0o620 if gid else 0o600
@@ -68,7 +68,7 @@ def ensure_records_file(path: str, store=None) -> str | None:
         if st is not None and not stat.S_ISREG(st.st_mode):
             if store is None:
                 return f"{path} is not a regular file"
-            store.displace("shim-records", path, "replaced", keep_as_original=False)
+            store.displace(os.path.basename(path), path, "replaced", keep_as_original=False)
             st = None
         if st is None:
             os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
@@ -125,8 +125,9 @@ class _Tail:
 class ShimRecordReader:
     """Reads the records appended since the previous `read_new()`. Not thread-safe: one owner."""
 
-    def __init__(self, path: str, max_bytes: int = DEFAULT_MAX_BYTES):
+    def __init__(self, path: str, max_bytes: int = DEFAULT_MAX_BYTES, parse=None):
         self.path = path
+        self._parse = parse or parse_record     # the same tail for the runtime wrapper's records
         self.max_bytes = max_bytes
         self.malformed = 0          # lines counted and skipped since the reader was made
         self._current: _Tail | None = None
@@ -191,7 +192,7 @@ class ShimRecordReader:
             for line in lines:
                 if not line:
                     continue
-                record = parse_record(line)
+                record = self._parse(line)
                 if record is None:
                     self.malformed += 1
                 else:

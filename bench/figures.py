@@ -25,6 +25,7 @@ import tamper  # noqa: E402  (tests/tamper.py: bench.rig puts tests/ on sys.path
 from .stats import Row, median, ms, percentile
 
 SHIM_RATIO_TARGET, SHIM_ABS_TARGET = 1.05, 0.001
+WRAPPER_RATIO_TARGET, WRAPPER_ABS_TARGET = 1.03, 0.010
 REPAIR_P50_TARGET, REPAIR_P99_TARGET = 0.050, 0.500
 CRASH_RATIO_TARGET = 1.3
 RSS_TARGET, CPU_TARGET, RSS_GROWTH_TARGET = 45 * 2**20, 0.2, 2 * 2**20
@@ -83,6 +84,62 @@ def shim_overhead(rig: Rig, runs: int) -> list[Row]:
             Row(f"shim's own cost, `docker -H <agent> run ...` (client /bin/true, {runs} runs each)",
                 f"{run * 1000:+.2f} ms (median difference)", "<= 1 ms", run <= SHIM_ABS_TARGET,
                 "also resolves the daemon and inserts the mount")]
+
+
+# -- the runtime wrapper ------------------------------------------------------------------------------
+
+
+def wrapper_overhead(rig: Rig, runs: int) -> list[Row]:
+    """`docker run --rm bb:local true` through the runtime wrapper vs the same dockerd running the
+    payload's runc directly (a second runtime, `--add-runtime plain=<payload runc>`: containerd's shim
+    then execs that path, not the `runc` on PATH), interleaved; then the wrapper's own cost on `create`
+    (the dispatcher, the spec editor, the exec) apart, with /bin/true as the real runc."""
+    client = str(rig.payload / "bin" / "docker")
+    host = rig.config["docker"]["host"]
+    base = [client, "-H", host, "run", "--rm", "--network", "none"]
+    direct, wrapped = _interleaved([*base, "--runtime", "plain", "bb:local", "true"],
+                                   [*base, "bb:local", "true"], runs, warm_up=True)
+    d, w = median(direct), median(wrapped)
+    ratio, extra = w / d, w - d
+    own, edit = _wrapper_own_cost(rig, runs)
+    return [Row(f"container start through the runtime wrapper (`docker run --rm bb:local true`, {runs} runs each)",
+                f"ratio {ratio:.3f}; {extra * 1000:+.1f} ms (median {ms(w)} vs {ms(d)})",
+                f"ratio <= {WRAPPER_RATIO_TARGET}, <= 10 ms",
+                ratio <= WRAPPER_RATIO_TARGET and extra <= WRAPPER_ABS_TARGET,
+                "same dockerd; the direct side is a second runtime naming the payload's runc"),
+            Row(f"runtime wrapper's own cost on `create` (real runc = /bin/true, {runs} runs each)",
+                f"{own * 1000:+.1f} ms (median difference); of which passthrough `state`: {edit * 1000:+.2f} ms",
+                "<= 10 ms", own <= WRAPPER_ABS_TARGET, "sh dispatch + a fresh interpreter + spec read/edit/write + exec")]
+
+
+def _wrapper_own_cost(rig: Rig, runs: int) -> tuple[float, float]:
+    from agent import __version__
+    from agent.runtime import render_wrapper
+
+    bundle = rig.base / "bench-bundle"
+    (bundle / "rootfs" / "bin").mkdir(parents=True, exist_ok=True)
+    (bundle / "rootfs" / "bin" / "sh").write_bytes(Path("/bin/true").read_bytes())
+    spec = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "oci-config.json"
+    wrapper = rig.base / "runc-to-true"
+    wrapper.write_text(render_wrapper("/bin/true", str(rig.cpuinfo), str(rig.base / "bench-records"), __version__))
+    wrapper.chmod(0o755)
+    create = ["--root", "/run/x", "--log", "/dev/null", "--log-format", "json", "create", "--bundle", str(bundle), "id"]
+
+    def fresh_spec() -> None:        # each create edits a pristine spec, as containerd writes one per container
+        (bundle / "config.json").write_bytes(spec.read_bytes())
+
+    direct, wrapped, devnull = [], [], os.open(os.devnull, os.O_WRONLY)
+    try:
+        for i in range(runs):
+            fresh_spec()
+            for argv in ((["/bin/true", *create], [str(wrapper), *create]) if i % 2 == 0
+                         else ([str(wrapper), *create], ["/bin/true", *create])):
+                (wrapped if argv[0] == str(wrapper) else direct).append(_spawn_wait(argv, devnull))
+                fresh_spec()
+    finally:
+        os.close(devnull)
+    state_direct, state_wrapped = _interleaved(["/bin/true", "state", "id"], [str(wrapper), "state", "id"], runs)
+    return median(wrapped) - median(direct), median(state_wrapped) - median(state_direct)
 
 
 def _shim_own_cost(rig: Rig, runs: int, args: list[str]) -> float:

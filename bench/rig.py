@@ -177,6 +177,10 @@ class Rig:
         return Path(self.config["shim"]["path"])
 
     @property
+    def wrapper(self) -> Path:
+        return Path(self.config["runtime"]["dir"]) / "runc"
+
+    @property
     def payload(self) -> Path:
         return Path(self.config["docker"]["root"])
 
@@ -250,7 +254,8 @@ class Rig:
 
         def on_disk_right() -> bool:
             problems[:] = [p for p in (self._on_disk_problem(self.cpuinfo, 0o644),
-                                       self._on_disk_problem(self.shim, 0o755) if shim else "") if p]
+                                       self._on_disk_problem(self.shim, 0o755) if shim else "",
+                                       self._on_disk_problem(self.wrapper, 0o755)) if p]
             return not problems
 
         try:

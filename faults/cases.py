@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import errno
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -173,7 +175,7 @@ def _displaced(rig: Rig) -> set[str]:
 
 def file_fault(name: str, mutate: Callable[[Path], None], reason: str) -> Callable[[Rig], None]:
     def run(rig: Rig) -> None:
-        path = rig.cpuinfo if name == "cpuinfo" else rig.shim
+        path = {"cpuinfo": rig.cpuinfo, "shim": rig.shim, "runtime-wrapper": rig.wrapper}[name]
         want, before, mark = path.read_bytes(), rig.counters(), rig.mark()
         displaced = _displaced(rig)
         pid = rig.dockerd_pid()
@@ -205,8 +207,57 @@ for _name, _mutate, _reason, _label in (
         ("cpuinfo", tamper.directory, "directory", "cpuinfo replaced by a directory"),
         ("cpuinfo", tamper.symlink, "symlink", "cpuinfo: symlink planted"),
         ("shim", tamper.missing, "missing", "shim deleted"),
-        ("shim", tamper.replaced, "replaced", "shim overwritten by a real binary")):
+        ("shim", tamper.replaced, "replaced", "shim overwritten by a real binary"),
+        ("runtime-wrapper", tamper.missing, "missing", "runtime wrapper deleted"),
+        ("runtime-wrapper", tamper.edited, "content", "runtime wrapper edited"),
+        ("runtime-wrapper", tamper.replaced, "replaced", "runtime wrapper replaced by a binary"),
+        ("runtime-wrapper", tamper.directory, "directory", "runtime wrapper replaced by a directory"),
+        ("runtime-wrapper", tamper.symlink, "symlink", "runtime wrapper: symlink planted")):
     CASES.append(Case(_label, file_fault(_name, _mutate, _reason)))
+
+
+@case("runtime wrapper missing while containers start")
+def wrapper_missing(rig: Rig) -> None:
+    """The agent held still (SIGSTOP), the wrapper deleted: containerd's shim finds the payload's runc
+    next on PATH, so a container still starts (without the hijacked cpuinfo); once the agent runs again
+    the wrapper is back and the next container has it."""
+    path, content = rig.wrapper, rig.wrapper.read_bytes()
+    rig.agent.signal(signal.SIGSTOP)
+    try:
+        path.unlink()
+        out = rig.docker("run", "--rm", "--network", "none", "bb:local", "cat", "/proc/cpuinfo").stdout
+        assert out == Path("/proc/cpuinfo").read_text(), "started, with the kernel's cpuinfo"
+    finally:
+        rig.agent.signal(signal.SIGCONT)
+    wait_for(lambda: path.exists() and path.read_bytes() == content, 10, 0.02, "the wrapper repaired")
+    out = rig.docker("run", "--rm", "--network", "none", "bb:local", "cat", "/proc/cpuinfo").stdout
+    assert out == rig.cpuinfo.read_text()
+    rig.assert_nothing_lost(dockerd_restarted=False)
+
+
+@case("runtime wrapper cannot edit a spec")
+def wrapper_edit_fails(rig: Rig) -> None:
+    """A read-only bundle, run by the installed wrapper with the payload's real runc (as BuildKit runs
+    it): the container runs, unedited, and the failure is one record and one count on the metric."""
+    bundle = rig.base / "ro-bundle"
+    shutil.rmtree(bundle, ignore_errors=True)
+    (bundle / "rootfs").mkdir(parents=True)
+    subprocess.run(["tar", "-C", str(bundle / "rootfs"), "-xf", str(rig.base / "bb.tar")], check=True)
+    subprocess.run(["runc", "spec", "--bundle", str(bundle)], check=True)
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["process"].update(terminal=False, args=["true"])
+    (bundle / "config.json").write_text(json.dumps(spec))
+    records = Path(rig.config["agent"]["run_dir"]) / "runtime-records"
+    failed_before = records.read_text().count(" failed ") if records.exists() else 0
+    subprocess.run(["mount", "--bind", "-o", "ro", str(bundle), str(bundle)], check=True)
+    try:
+        done = subprocess.run([str(rig.wrapper), "--root", str(rig.base / "runc-state"), "run", "--bundle", str(bundle),
+                               f"ro-{time.monotonic_ns()}"], capture_output=True, text=True, timeout=60)
+    finally:
+        subprocess.run(["umount", "-l", str(bundle)], check=False)
+    assert done.returncode == 0, done.stderr
+    assert records.read_text().count(" failed OSError") == failed_before + 1
+    rig.assert_nothing_lost(dockerd_restarted=False)
 
 
 # -- the agent itself ------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ if [ "$want_tests" = 1 ]; then
     # curl: the TLS scrape; openssl: test certificates.
     # mmdebstrap: the packaging tests build and install the .deb in Debian 12 and 13 chroots.
     packages+=(qemu-user-static shellcheck openssl curl iproute2 procps mmdebstrap)
+    # docker-compose: an Engine-API client for the runtime wrapper's tests (Debian 12: 1.29, Python).
+    packages+=(docker-compose)
     # The arm64 end-to-end run (make e2e-arm64): QEMU system emulation, qemu-user binfmt for the
     # arm64/armhf chroots, disk images; git lists the tree it packages. arch-test is only a Recommends
     # of mmdebstrap, which refuses a foreign-architecture chroot without it (issue 11): named here,

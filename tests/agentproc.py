@@ -47,6 +47,7 @@ def agent_config(base: Path, **overrides) -> dict:
                    "restart_stable_seconds": 30.0, "update_settle_seconds": 0.5},
         "cpuinfo": {"path": str(base / "hijacked-armhf-cpuinfo")},
         "shim": {"path": str(base / "bin" / "docker")},
+        "runtime": {"dir": str(base / "state" / "runtime")},
         "metrics": {"docker_metrics": False},
     }
     for key, value in overrides.items():

@@ -106,11 +106,12 @@ def live_sample_names() -> set[str]:
 
     from agent.container_events import ContainerEventCounter
     from agent.http_server import MetricsServer
-    from agent.metrics import AgentCollector, ShimMetrics
+    from agent.metrics import AgentCollector, RuntimeWrapperMetrics, ShimMetrics
 
     registry = CollectorRegistry()
     AgentCollector(lambda: realistic_snapshot(time.time()), registry)
     ShimMetrics(registry)
+    RuntimeWrapperMetrics(registry)
     ContainerEventCounter(lambda: None, time.time, registry)
     server = MetricsServer("127.0.0.1", 0, registry, "", "", lambda: None)
     server.start()

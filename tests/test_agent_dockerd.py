@@ -16,7 +16,7 @@ import pytest
 
 from agentproc import agent_config, pid_alive
 from conftest import requires_docker
-from harness import docker_cli, ping
+from harness import docker_cli, ping, wait_for
 
 pytestmark = [requires_docker, pytest.mark.dockerd, pytest.mark.slow]
 
@@ -106,7 +106,8 @@ def test_sighup_with_broken_file_keeps_old_config_then_valid_one_applies(agent, 
     # Every problem is listed, each with file:line and key.
     a.wait_log(r"reload:   .*agent.toml:\d+: docker.health_failures: Input should be greater than or equal to 1")
     a.wait_log(r"reload:   .*agent.toml:\d+: docker.bogus: unknown key")
-    assert a.state()["reloads"]["rejected"] == 1
+    # state.json is published at the end of the step that logged the rejection.
+    wait_for(lambda: a.state()["reloads"]["rejected"] == 1, 10, 0.05, "the rejection counted")
     assert a.dockerd_pid() == pid
 
     # A valid change to dockerd's arguments is applied with a graceful restart.

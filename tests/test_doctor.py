@@ -20,8 +20,10 @@ import pytest
 from agent.launch import EXIT_PERSONALITY_REFUSED
 from agent.aarch32 import (PERSONALITY_PROBE_ARGV, PROBE_EXIT_CODE, PROBE_NAME, RunResult,
                            arm_handlers, decide, ExecOutcome, PersonalityOutcome, parse_binfmt_entry, probe_elf)
-from agent.config import AgentConfig, AgentSection, CpuinfoSection, DockerSection, MetricsSection, ShimSection
+from agent.config import (AgentConfig, AgentSection, CpuinfoSection, DockerSection, MetricsSection, RuntimeSection,
+                          ShimSection)
 from agent.doctor import (DEFAULT_PATH, FAIL, PASS, WARN, HostRoot, check_cpu, check_cpuinfo_profile, check_payload,
+                          check_runtime_wrapper,
                           check_services, check_shim_precedence, doctor_command, run_checks)
 from agent.state import CpuinfoState
 from agent.status import AgentLiveness
@@ -83,6 +85,7 @@ def make_config(tmp_path: Path, **sections) -> AgentConfig:
                              data_root=str(tmp_path / "data")),
         cpuinfo=CpuinfoSection(path=str(tmp_path / "cpuinfo")),
         shim=ShimSection(path="/usr/local/bin/docker"),
+        runtime=RuntimeSection(dir=str(tmp_path / "state" / "runtime")),
         metrics=MetricsSection(listen=f"127.0.0.1:{free_port()}"),
     )
     return AgentConfig(**{**defaults, **sections})
@@ -502,7 +505,7 @@ def test_config_error_and_output_forms(tmp_path):
                           False, out, root)
     assert code == 1
     lines = out.getvalue().splitlines()
-    assert len(lines) == 13
+    assert len(lines) == 14
     assert "FAIL  config             /etc/armhf-agent/agent.toml:3: docker.health_failures: must be >= 1 (got 0)  " \
            "(fix: armhf-agent check-config lists every problem)" in lines
     assert lines[0] == "PASS  architecture       aarch64"
@@ -510,7 +513,7 @@ def test_config_error_and_output_forms(tmp_path):
     out = io.StringIO()
     doctor_command(config, None, True, out, root)
     checks = json.loads(out.getvalue())
-    assert [set(c) for c in checks] == [{"name", "verdict", "found", "fix"}] * 13
+    assert [set(c) for c in checks] == [{"name", "verdict", "found", "fix"}] * 14
     assert {"name": "config", "verdict": "PASS", "found": "valid", "fix": ""} in checks
 
 
@@ -519,9 +522,12 @@ def test_managed_files(tmp_path, agent_process):
     # The real /proc, where the stand-in agent process lives.
     root = HostRoot(runner=ProbeResults(True, True), sockets=QuietSockets())
     missing = by_name(run_checks(config, root))["managed-files"]
-    assert (missing.verdict, missing.found) == (WARN, f"agent not running; missing {tmp_path}/cpuinfo, {tmp_path}/docker")
+    assert (missing.verdict, missing.found) == (WARN, f"agent not running; missing {tmp_path}/cpuinfo, {tmp_path}/docker, "
+                                                      f"{tmp_path}/state/runtime/runc")
     (tmp_path / "cpuinfo").touch()
     (tmp_path / "docker").touch()
+    (tmp_path / "state" / "runtime").mkdir(parents=True)
+    (tmp_path / "state" / "runtime" / "runc").touch()
     assert by_name(run_checks(config, root))["managed-files"].verdict == PASS
 
     publish_state(config, Snapshot(pid=agent_process.pid, last_step_at=time.time(), files=(
@@ -647,7 +653,46 @@ def test_this_machine_end_to_end(base, tmp_path):
     verdicts = {line.split()[1]: line.split()[0] for line in report.splitlines()}
     assert verdicts == {"architecture": WARN, "aarch32-el0": WARN, "cpu": WARN, "payload": WARN,
                         "conflict-socket": PASS, "conflict-services": PASS, "metrics-port": PASS,
-                        "shim-precedence": PASS, "config": PASS, "managed-files": WARN, "cpuinfo-profile": PASS,
+                        "shim-precedence": PASS, "config": PASS, "managed-files": WARN, "runtime-wrapper": PASS,
+                        "cpuinfo-profile": PASS,
                         "cgroups": PASS, "overlayfs": PASS}, report
     assert code == 0
     assert "WARN  cpu                no Arm MIDR on a x86_64 host (development mode)" in report
+
+
+
+# --- the runtime wrapper ---------------------------------------------------------------------------------------
+
+def _running(pid: int):
+    from agent.state import DockerdState, Snapshot
+
+    return AgentLiveness(Snapshot(pid=1, dockerd=DockerdState(state="running", pid=pid)), True, "")
+
+
+def _proc_with_dockerd(tmp_path: Path, pid: int, env: dict[str, str]) -> HostRoot:
+    proc = tmp_path / "proc" / str(pid)
+    proc.mkdir(parents=True)
+    (proc / "environ").write_bytes(b"".join(f"{k}={v}".encode() + b"\0" for k, v in env.items()))
+    return HostRoot(proc=str(tmp_path / "proc"), machine="aarch64")
+
+
+def test_runtime_wrapper_check_reads_the_running_dockerds_own_environment(base):
+    tmp_path = base              # root's 0700 test folder: /tmp (1777) would make every wrapper folder unsafe
+    config = make_config(tmp_path)
+    wrapper_dir = config.runtime.dir
+    os.makedirs(wrapper_dir, mode=0o755)
+    for d in (tmp_path, tmp_path / "state", wrapper_dir):
+        os.chmod(d, 0o755)
+    good = {"PATH": f"{wrapper_dir}:/opt/docker:/usr/bin", "DOCKER_BUILDKIT_RUNC_COMMAND": f"{wrapper_dir}/runc"}
+    check = check_runtime_wrapper(config, _proc_with_dockerd(tmp_path / "a", 4242, good), _running(4242))
+    assert check.verdict == PASS and "finds" in check.found, check
+    # An adopted dockerd from before the wrapper: its containers and build steps miss the cpuinfo.
+    old = {"PATH": "/opt/docker:/usr/bin"}
+    check = check_runtime_wrapper(config, _proc_with_dockerd(tmp_path / "b", 4242, old), _running(4242))
+    assert check.verdict == FAIL and "'/opt/docker'" in check.found and "systemctl reload" in check.fix
+    # Its folder writable by others: first in root's dockerd PATH, a root shell for them.
+    os.chmod(wrapper_dir, 0o777)
+    check = check_runtime_wrapper(config, _proc_with_dockerd(tmp_path / "c", 4242, good), _running(4242))
+    assert check.verdict == FAIL and "writable by group or others" in check.found
+    off = make_config(tmp_path, runtime=RuntimeSection(wrapper=False, dir=wrapper_dir))
+    assert check_runtime_wrapper(off, HostRoot(machine="aarch64"), NOT_RUNNING).verdict == WARN

@@ -13,7 +13,7 @@ from metrics_support import PROMTOOL_MISSING, REPO, live_sample_names, promql_me
 RULES = REPO / "etc/prometheus/armhf-agent.rules.yml"
 RULE_TESTS = REPO / "etc/prometheus/armhf-agent.rules.test.yml"
 REQUIRED = {"ArmhfAgentDown", "ArmhfAgentMetricsAbsent", "ArmhfDockerdDown", "ArmhfDockerdFlapping", "ArmhfAgentStuck", "ArmhfManagedFileDrifting",
-            "ArmhfPayloadRolledBack", "ArmhfPlatformNotArmV7", "ArmhfHostNotNative", "ArmhfBuildFailureRatioHigh"}
+            "ArmhfPayloadRolledBack", "ArmhfRuntimeWrapperFailing", "ArmhfPlatformNotArmV7", "ArmhfHostNotNative", "ArmhfBuildFailureRatioHigh"}
 
 
 def rules() -> dict[str, dict[str, str]]:
