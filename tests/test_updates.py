@@ -134,21 +134,18 @@ def test_unsafe_payload_update_is_rejected_and_dockerd_keeps_running(agent, base
 
 
 def build_static_tarball(dest: Path, dockerd_extra: bytes = b"") -> Path:
-    """Laid out like Docker's static release: a `docker/` folder with the binaries, built by a
-    non-root user (uid 1000, group-writable). The binaries other than dockerd are symlinks to the
-    system's (absolute targets, as a tar can carry them); dockerd is a real copy so /proc/PID/exe
-    names the payload."""
+    """Laid out like Docker's static release: a `docker/` folder with the binaries (real files, as in
+    Docker's tarballs: install-docker refuses links), built by a non-root user (uid 1000,
+    group-writable)."""
     staging = dest.parent / "tree" / "docker"
     staging.mkdir(parents=True)
     for name, src in SYSTEM_BINARIES.items():
         real = os.path.realpath(which(src))
+        shutil.copyfile(real, staging / name)
         if name == "dockerd":
-            shutil.copyfile(real, staging / name)
             with open(staging / name, "ab") as f:
                 f.write(dockerd_extra)
-            (staging / name).chmod(0o775)
-        else:
-            (staging / name).symlink_to(real)
+        (staging / name).chmod(0o775)
 
     def by_a_user(info: tarfile.TarInfo) -> tarfile.TarInfo:
         info.uid = info.gid = 1000
@@ -171,12 +168,14 @@ def test_install_docker_from_a_static_tarball_is_applied_by_the_running_agent(ag
     assert r.stdout.startswith(f"installed {tarball} into {root} (dockerd ")
     assert f"previous payload kept in {root}.previous" in r.stdout
     assert (base / "payload.previous" / "bin" / "dockerd").is_file()
-    # The folder inside the tarball became the payload, root's and not writable by others.
+    # The folder inside the tarball became the payload: regular files, root's, 0755 (not the 0775 and
+    # uid 1000 the tarball says).
     assert sorted(os.listdir(root)) == sorted(payloads.REQUIRED)
     for entry in [root, *root.iterdir()]:
         st = os.lstat(entry)
         assert (st.st_uid, st.st_gid) == (0, 0), entry
-        assert stat.S_ISLNK(st.st_mode) or not st.st_mode & 0o022, entry
+        assert stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode), entry
+        assert stat.S_IMODE(st.st_mode) == 0o755, entry
 
     wait_for(lambda: updates(a)["applied"] == 1, 60, 0.05, "update applied")
     new = a.wait_running(other_than=old)
@@ -211,7 +210,7 @@ def test_install_docker_refuses_an_archive_that_escapes_its_folder(base):
         tar.addfile(info, io.BytesIO(data))
     r = cli(config, "install-docker", str(evil))
     assert r.returncode == 1
-    assert r.stderr.strip() == f"armhf-agent install-docker: {evil}: unsafe path in archive: docker/../../escaped"
+    assert r.stderr.strip() == f"armhf-agent install-docker: {evil} refused: docker/../../escaped: '..' in the path"
     assert not (base / "escaped").exists() and not (base.parent / "escaped").exists()
     assert not (base / "payload").exists()
 
