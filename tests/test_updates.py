@@ -133,6 +133,35 @@ def test_unsafe_payload_update_is_rejected_and_dockerd_keeps_running(agent, base
     assert st["payload"]["updates"]["rejected"] == 1
 
 
+def test_known_good_copy_on_a_full_filesystem_is_retried_and_leaves_no_tmp(agent, base):
+    """The payload and state_dir share a 200 MiB tmpfs: the known-good copy (190 MB, plus the 64 MiB it
+    leaves free) cannot fit. dockerd runs on regardless, the failure is logged once with its retry,
+    nothing is left half-written; once the filesystem grows, the retry keeps the copy."""
+    fs = base / "fs"
+    fs.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200m,mode=0755", "tmpfs", str(fs)], check=True)
+    try:
+        make_payload(fs / "payload")
+        config = agent_config(base, docker__root=str(fs / "payload"), agent__state_dir=str(fs / "state"))
+        a = agent(config=config, payload=False).start()
+        pid = a.wait_running()
+        a.wait_log(r"cannot keep a known-good copy of .*/fs/payload in .*/fs/state/payload-known-good: "
+                   r"\[Errno 28\] not enough space in .*/fs/state: .* \(will retry in 10 s\)")
+        assert not [n for n in os.listdir(fs / "state") if n.startswith("payload-known-good")], "a .tmp was left"
+        subprocess.run(["mount", "-o", "remount,size=600m", str(fs)], check=True)
+        a.wait_log(r"payload: kept a known-good copy in .*/fs/state/payload-known-good", timeout=60)
+        assert sorted(n for n in os.listdir(fs / "state") if n.startswith("payload-known-good")) == \
+            ["payload-known-good"]
+        kept = fs / "state" / "payload-known-good" / "bin"
+        assert (kept / "dockerd").read_bytes() == (fs / "payload" / "bin" / "dockerd").read_bytes()
+        # The payload's symlinks to the system's binaries were validated: copied as the files they name.
+        assert not (kept / "containerd").is_symlink() and (kept / "containerd").stat().st_size > 0
+        assert a.dockerd_pid() == pid and ping(a.sock)
+        a.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(fs)], check=False)
+
+
 def build_static_tarball(dest: Path, dockerd_extra: bytes = b"") -> Path:
     """Laid out like Docker's static release: a `docker/` folder with the binaries (real files, as in
     Docker's tarballs: install-docker refuses links), built by a non-root user (uid 1000,
