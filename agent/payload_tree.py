@@ -41,7 +41,8 @@ class Limits:
     any real payload and stop a tar bomb long before a disk fills. `keep_free` must stay free on the
     target filesystem after the copy: dockerd's data-root and the agent's state usually share it."""
     max_bytes: int = 1 << 30
-    max_entries: int = 10_000
+    max_entries: int = 10_000            # files and folders, the folders a path implies included
+    max_depth: int = 32                  # components in a path (payloads nest 3 deep: usr/local/bin)
     max_header_bytes: int = 1 << 20      # one pax/GNU long-name header (tarfile reads it into memory)
     keep_free: int = 64 << 20
 
@@ -53,10 +54,12 @@ class TreeError(Exception):
     """The input cannot be made a safe payload tree; the message names the member and why."""
 
 
-def show(name: str) -> str:
+def show(name: str, limit: int = 200) -> str:
     """A member name as it can be printed on one line (names may hold newlines, escapes or bytes that
-    are not UTF-8, which tarfile keeps as surrogates: not printable either)."""
-    return name if name.isprintable() else ascii(name)
+    are not UTF-8, which tarfile keeps as surrogates: not printable either), and read (a bomb's may be
+    a megabyte long)."""
+    shown = name if name.isprintable() else ascii(name)
+    return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(name)} characters)"
 
 
 def file_mode(source_mode: int) -> int:
@@ -87,11 +90,22 @@ class Plan:
     total: int = 0
     _kinds: dict = field(default_factory=dict)          # parts -> "dir" | "file" (explicit entries)
     _implicit: set = field(default_factory=set)         # parts of folders only implied by a path
+    _all: set = field(default_factory=set)              # every path that will exist, implied folders too
+
+    @property
+    def count(self) -> int:
+        return len(self._all)
 
     def add(self, label: str, parts: tuple[str, ...], kind: str, size: int = 0, mode: int = DIR_MODE,
             opener: Callable | None = None) -> None:
-        if len(self.entries) >= self.limits.max_entries:
-            raise TreeError(f"{label}: more than {self.limits.max_entries} entries (the limit for a payload)")
+        if len(parts) > self.limits.max_depth:
+            raise TreeError(f"{label}: {len(parts)} levels deep (the limit for a payload is "
+                            f"{self.limits.max_depth})")
+        # Folders count too: a bomb of empty folders fills a disk as well (a block each on ext4).
+        new = {parts[:i] for i in range(1, len(parts) + 1)} - self._all
+        if len(self._all) + len(new) > self.limits.max_entries:
+            raise TreeError(f"{label}: more than {self.limits.max_entries} files and folders (the limit for "
+                            "a payload)")
         for i in range(1, len(parts)):
             if self._kinds.get(parts[:i]) == "file":
                 raise TreeError(f"{label}: {show('/'.join(parts[:i]))} is a file, so nothing can be beneath it")
@@ -108,6 +122,7 @@ class Plan:
                 raise TreeError(f"{label}: the payload would exceed {self.limits.max_bytes} bytes "
                                 f"(the limit for a payload; {size} bytes declared for this member)")
         self._kinds[parts] = kind
+        self._all |= new
         for i in range(1, len(parts)):
             self._implicit.add(parts[:i])
         self.entries.append(Entry(parts, kind, size, file_mode(mode) if kind == "file" else DIR_MODE, opener))
@@ -402,7 +417,7 @@ def _ensure_space(parent: str, plan: Plan) -> None:
     vfs = os.statvfs(parent)
     free = vfs.f_bavail * vfs.f_frsize
     # Each file may take a block more than its bytes; folders take a block each.
-    need = plan.total + len(plan.entries) * vfs.f_frsize + plan.limits.keep_free
+    need = plan.total + plan.count * vfs.f_frsize + plan.limits.keep_free
     if need > free:
         raise OSError(errno.ENOSPC, f"not enough space in {parent}: {need} bytes needed "
                                     f"({plan.total} of payload, {plan.limits.keep_free} kept free), {free} free")

@@ -206,8 +206,8 @@ import json, sys, traceback
 sys.path.insert(0, sys.argv[1])
 from agent.install import InstallError, install_docker
 from agent.payload_tree import Limits
-print(json.dumps({"python": sys.version.split()[0], "executable": sys.executable,
-                  "third_party": sorted(m for m in sys.modules if "-packages" in (getattr(sys.modules[m], "__file__", "") or ""))}),
+third_party = sorted(m for m in sys.modules if "-packages" in (getattr(sys.modules[m], "__file__", "") or ""))
+print(json.dumps({"python": sys.version.split()[0], "executable": sys.executable, "third_party": third_party}),
       flush=True)
 for line in sys.stdin:
     job = json.loads(line)

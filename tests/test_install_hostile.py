@@ -25,10 +25,9 @@ from pathlib import Path
 import pytest
 
 from hostile import (DEBIAN_PYTHON, VERSION_LINE, DebianInstaller, M, VenvInstaller, World, assert_safe_tree, dir_,
-                     good_members, hard, make_world, parent_snapshot, reg, snapshot, sym, tar_bytes, write_archive, write_holey_tar)
+                     good_members, hard, make_world, parent_snapshot, reg, snapshot, sym, tar_bytes, write_archive,
+                     write_holey_tar)
 from harness import REPO
-
-from agent import payload as payloads
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="install-docker runs as root (chown to root, mknod)")
 
@@ -81,7 +80,8 @@ def symlink_to_absolute_outside_dir(w):
 
 @case("symlink", "docker/docker-proxy: a symbolic link (to dockerd)")
 def symlink_inside_the_payload(w):
-    return tar(w, [m for m in good_members(w) if m.name != "docker/docker-proxy"] + [sym("docker/docker-proxy", "dockerd")])
+    members = [m for m in good_members(w) if m.name != "docker/docker-proxy"]
+    return tar(w, members + [sym("docker/docker-proxy", "dockerd")])
 
 
 @case("symlink", "docker: a symbolic link (to ")
@@ -274,9 +274,22 @@ def bomb_one_real_member_over_the_limit(w):
     return write_holey_tar(w.src / "holes.tar", good_members(w), [("docker/huge", GiB + 1)])
 
 
-@case("bomb", "more than 10000 entries")
+@case("bomb", "more than 10000 files and folders")
 def bomb_member_count(w):
     return tar(w, good_members(w) + [reg(f"docker/many/{i}", b"") for i in range(10_001)])
+
+
+@case("bomb", "more than 10000 files and folders")
+def bomb_implied_folders(w):
+    # 5,000 members, but each implies its own folder: 10,000 entries and the payload's own 8.
+    return tar(w, good_members(w) + [reg(f"docker/d{i}/f", b"") for i in range(5_000)])
+
+
+@case("bomb", "... (40008 characters): 20002 levels deep (the limit for a payload is 32)")
+def bomb_deep_path(w):
+    # One member, a path of 20,000 folders (through a GNU long name): created under directory
+    # descriptors, no PATH_MAX would stop it.
+    return tar(w, good_members(w) + [reg("docker/" + "d/" * 20_000 + "f", b"")])
 
 
 @case("bomb", "extended header (the limit is 1048576)")
@@ -553,7 +566,7 @@ def folder_hard_link_to_an_outside_file(w):
 
 
 @installs("formats")
-def plain_bzip2_xz(w):
+def bzip2(w):
     return tar(w, good_members(w), "x.tar.bz2", "bz2"), {"dockerd": 0o755}
 
 
