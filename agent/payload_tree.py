@@ -359,7 +359,7 @@ class FolderSource:
                 names = sorted(os.listdir(fd))
                 for name in names:
                     rel = parts + (name,)
-                    label = os.path.join(self.path, *rel)
+                    label = show(os.path.join(self.path, *rel), limit=400)
                     st = os.stat(name, dir_fd=fd, follow_symlinks=False)
                     if stat.S_ISDIR(st.st_mode):
                         plan.add(label, rel, "dir")

@@ -450,6 +450,11 @@ def newline_in_a_refused_name(w):
     return tar(w, good_members(w) + [sym("docker/evil\nname", "/")])
 
 
+@case("names", "File name too long")
+def a_component_longer_than_the_filesystem_allows(w):
+    return tar(w, good_members(w) + [reg("docker/" + "n" * 300, b"x", mode=0o644)])
+
+
 # folder sources
 def folder(w: World, name="tree") -> Path:
     top = w.src / name
@@ -510,6 +515,13 @@ def folder_socket(w):
 def folder_char_device(w):
     top = folder(w)
     os.mknod(top / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    return top
+
+
+@case("folder", "/bad\\nname': a FIFO")
+def folder_entry_with_a_newline_in_its_name(w):
+    top = folder(w)
+    os.mkfifo(top / "bad\nname")
     return top
 
 
