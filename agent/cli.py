@@ -138,8 +138,13 @@ def cmd_render_shim(args) -> int:
 
 
 def cmd_install_docker(args) -> int:
-    from .install import InstallError, install_docker
+    from .install import InstallError, install_docker, require_root
 
+    try:
+        require_root()      # before the config: a non-root user gets this, not whatever reading it says
+    except InstallError as exc:
+        print(f"armhf-agent install-docker: {exc}", file=sys.stderr)
+        return 1
     config = _load(args).config
     try:
         print(install_docker(args.source, config.docker.root, allow_arch=args.allow_arch))

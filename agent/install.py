@@ -1,34 +1,27 @@
 """`install-docker SOURCE`: put a payload in place the way an update should land.
 
-SOURCE is a Docker static tarball (a `docker/` folder inside, as published for armhf) or a directory.
-It is extracted next to docker.root (same filesystem, so the swap is two renames), validated like the
-running agent validates an update, then swapped in; the previous payload stays as `<root>.previous`.
-The running agent sees the change and restarts dockerd onto it (rolling back if it cannot get healthy).
+SOURCE is a Docker static tarball (a `docker/` folder inside, as published for armhf; plain, gzip, bzip2
+or xz) or a directory. It is rebuilt next to docker.root (same filesystem, so the swap is two renames)
+by `payload_tree`, which writes regular files and folders only, root-owned, with modes it chooses, and
+nothing outside the staging folder; anything it cannot make safe (links, devices, FIFOs, `..`, a tar
+bomb) refuses the whole SOURCE. The staged payload is validated like the running agent validates an
+update, then swapped in; the previous payload stays as `<root>.previous`. Nothing of a refused SOURCE
+is ever run. The running agent sees the change and restarts dockerd onto it (rolling back if it cannot
+get healthy).
+
+Stdlib only (with its imports): it runs on the .deb's Python, Debian 12's 3.11.2.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tarfile
 
 from . import payload as payloads
+from . import payload_tree
 
 
 class InstallError(Exception):
     pass
-
-
-def _extract(source: str, staging: str) -> None:
-    try:
-        with tarfile.open(source) as tar:
-            for member in tar.getmembers():
-                if member.name.startswith("/") or ".." in member.name.split("/"):
-                    raise InstallError(f"{source}: unsafe path in archive: {member.name}")
-            # extraction filters exist from 3.11.4/3.12 on; Debian 12's 3.11.2 has no `filter` argument.
-            tar.extractall(staging, **({"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}))
-    except (tarfile.TarError, OSError) as exc:
-        raise InstallError(f"{source}: not a readable tar archive ({exc})") from None
 
 
 def _payload_dir(staging: str) -> str:
@@ -41,44 +34,71 @@ def _payload_dir(staging: str) -> str:
     return staging
 
 
-def _own_by_root(tree: str) -> None:
-    for folder, dirs, files in os.walk(tree):
-        for name in [folder] + [os.path.join(folder, n) for n in dirs + files]:
-            os.lchown(name, 0, 0)
-            if not os.path.islink(name):
-                mode = os.stat(name).st_mode & 0o7777
-                os.chmod(name, mode & ~0o022)
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
-def install_docker(source: str, root: str, allow_arch: bool = False) -> str:
-    root = root.rstrip("/")
-    if not os.path.exists(source):
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise InstallError("must run as root: a payload's files are made root-owned, and dockerd runs "
+                           "them as root (try sudo)")
+
+
+def install_docker(source: str, root: str, allow_arch: bool = False,
+                   limits: payload_tree.Limits = payload_tree.LIMITS) -> str:
+    require_root()
+    root = os.path.abspath(root).rstrip("/")
+    if not root or root == os.path.dirname(root):
+        raise InstallError(f"docker.root {root or '/'}: not a folder a payload can be swapped into")
+    if not os.path.lexists(source):
         raise InstallError(f"{source}: no such file or directory")
     parent = os.path.dirname(root)
-    os.makedirs(parent, exist_ok=True)
-    staging = f"{root}.staging-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
     try:
-        if os.path.isdir(source):
-            shutil.copytree(source, staging, symlinks=True)
-            top = staging
-        else:
-            os.makedirs(staging, mode=0o755)
-            _extract(source, staging)
-            top = _payload_dir(staging)
-        # A payload is root's: whatever the tarball said, nobody else may write its binaries.
-        _own_by_root(staging)
-        os.chmod(staging, 0o755)
+        os.makedirs(parent, mode=0o755, exist_ok=True)
+    except OSError as exc:
+        raise InstallError(f"cannot create {parent}: {exc.strerror}") from None
+    # Checked before anything is written: in a folder others can write, they could swap the staged
+    # payload between validation and the rename.
+    reason = payloads.unsafe_reason(parent)
+    if reason:
+        raise InstallError(f"{source} refused: unsafe location for {root}: {reason}")
+    staging = f"{root}.staging-{os.getpid()}"
+    previous = f"{root}.previous"
+    try:
+        payload_tree.remove_tree(staging)
+        with payload_tree.source(source, limits) as plan:
+            payload_tree.materialize(plan, staging)
+        top = _payload_dir(staging)
         checked = payloads.inspect(top, allow_arch=allow_arch)
         if not checked.ok:
             raise InstallError(f"{source} refused: " + "; ".join(checked.problems))
-        previous = f"{root}.previous"
-        if os.path.lexists(root):
-            shutil.rmtree(previous, ignore_errors=True)
+        had_root = os.path.lexists(root)
+        if had_root:
+            payload_tree.remove_tree(previous)
             os.rename(root, previous)
-        os.rename(top, root)
+        try:
+            os.rename(top, root)
+        except OSError:
+            if had_root:
+                os.rename(previous, root)
+            raise
+        _fsync_dir(parent)
+    except payload_tree.TreeError as exc:
+        raise InstallError(f"{source} refused: {exc}") from None
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise InstallError(f"{source}: cannot install into {root}: {exc.strerror or exc}{where}") from None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    version = payloads.version(payloads.find(root).get("dockerd"))
-    kept = f"; previous payload kept in {root}.previous" if os.path.exists(f"{root}.previous") else ""
+        try:
+            payload_tree.remove_tree(staging)
+        except OSError:
+            pass
+    # Only now, validated and in place, is any of it run.
+    installed = payloads.inspect(root, allow_arch=allow_arch)
+    version = payloads.version(installed.dockerd) if installed.ok else ""
+    kept = f"; previous payload kept in {previous}" if had_root else ""
     return f"installed {source} into {root} (dockerd {version or 'version unknown'}){kept}"

@@ -38,11 +38,15 @@ class Payload:
         return self.binaries.get("docker")
 
     def path_dirs(self) -> list[str]:
-        """Folders to put first on dockerd's PATH (it finds containerd, runc, docker-init there)."""
+        """Folders to put first on dockerd's PATH (it finds containerd, runc, docker-init there): those
+        that held the binaries when the payload was inspected. From that one look, not a new one: a look
+        now, in the middle of install-docker's swap, could see another layout than `binaries` does, and
+        the spec would change without the fingerprint (a "reload" restart instead of an update)."""
+        held = {os.path.dirname(path) for path in self.binaries.values()}
         dirs: list[str] = []
         for d in SEARCH_DIRS:
             p = os.path.join(self.root, d) if d else self.root
-            if os.path.isdir(p) and p not in dirs:
+            if p in held and p not in dirs:
                 dirs.append(p)
         return dirs
 
@@ -101,11 +105,15 @@ def inspect(root: str, machine: str | None = None, allow_arch: bool = False) -> 
         reason = unsafe_reason(p)
         if reason:
             problems.append(f"unsafe {name}: {reason}")
-        info = elf_info(os.path.realpath(p))
         # Only on arm64 hosts must the payload be 32-bit ARM; elsewhere (x86 development) the
-        # system's own binaries stand in for it.
-        if arm64 and not allow_arch and info is not None and not info.is_armhf_capable:
-            problems.append(f"{p} is {info.describe()}, not ELF 32-bit ARM (use --allow-arch to accept it)")
+        # system's own binaries stand in for it. A file that is not ELF at all (a script standing in
+        # for dockerd) is no more an armhf binary than an x86 one.
+        if arm64 and not allow_arch:
+            info = elf_info(os.path.realpath(p))
+            if info is None:
+                problems.append(f"{p} is not ELF 32-bit ARM: not an ELF binary at all (use --allow-arch to accept it)")
+            elif not info.is_armhf_capable:
+                problems.append(f"{p} is {info.describe()}, not ELF 32-bit ARM (use --allow-arch to accept it)")
     return Payload(root, found, tuple(problems))
 
 

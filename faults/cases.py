@@ -165,6 +165,58 @@ def payload_broken(rig: Rig) -> None:
     rig.assert_nothing_lost(dockerd_restarted=True)
 
 
+def _hostile_archives(rig: Rig, folder: Path) -> list[tuple[Path, str]]:
+    """Archives that, extracted by tarfile as root, would write the rig's managed files through a
+    symlink, rewrite the shim's inode (and chmod it setuid) through a hard link, or fill the disk;
+    each with the refusal the installer must give."""
+    from hostile import M, dir_, hard, reg, sym, write_archive
+
+    from agent.payload import REQUIRED
+
+    good = [dir_("docker/")] + [reg(f"docker/{name}") for name in REQUIRED]
+    return [
+        (write_archive(folder / "through-symlink.tgz", good + [sym("docker/link", str(rig.cpuinfo.parent)),
+                                                              reg(f"docker/link/{rig.cpuinfo.name}", b"pwned\n")],
+                       "gz"), "docker/link: a symbolic link (to "),
+        (write_archive(folder / "hardlink.tar", good + [hard("docker/h", str(rig.shim), mode=0o6777),
+                                                        reg("docker/h", b"pwned\n", mode=0o6777)]),
+         "docker/h: a hard link (to "),
+        (write_archive(folder / "fifo.tar", good + [M("docker/fifo", b"6")]), "docker/fifo: a FIFO"),
+        (write_archive(folder / "bomb.tgz", good + [M("docker/big", data=bytes(1024), size=10 << 30)], "gz"),
+         "the payload would exceed"),
+    ]
+
+
+@case("install-docker of hostile archives while the agent runs")
+def install_hostile(rig: Rig) -> None:
+    """Refused, each naming its member: the running payload, both managed files, every counter and
+    dockerd itself are as they were, nothing is staged or run."""
+    from hostile import snapshot
+
+    folder = rig.base / "hostile"
+    folder.mkdir(exist_ok=True)
+    pid, before, mark = rig.dockerd_pid(), rig.counters(), rig.mark()
+    payload, files = snapshot(rig.payload), {p: snapshot(p.parent) for p in (rig.cpuinfo, rig.shim)}
+    beside = sorted(os.listdir(rig.payload.parent))
+    for archive, refusal in _hostile_archives(rig, folder):
+        out = subprocess.run([sys.executable, "-m", "agent", "--config", str(rig.agent.config_path), "install-docker",
+                              str(archive)], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 1, f"{archive.name}: exit {out.returncode}: {out.stdout}{out.stderr}"
+        assert out.stderr.startswith(f"armhf-agent install-docker: {archive} refused: ") and refusal in out.stderr \
+            and out.stderr.count("\n") == 1, f"{archive.name}: {out.stderr}"
+        assert snapshot(rig.payload) == payload, f"{archive.name}: the running payload changed"
+        assert {p: snapshot(p.parent) for p in files} == files, f"{archive.name}: a managed file's folder changed"
+        assert sorted(os.listdir(rig.payload.parent)) == beside, f"{archive.name}: staging left behind"
+    assert rig.dockerd_pid() == pid
+    assert "update" not in rig.log_since(mark), rig.log_since(mark)
+    after = rig.counters()
+    assert {k: v for k, v in after.items() if k.startswith("payload.")} == \
+        {k: v for k, v in before.items() if k.startswith("payload.")}
+    shutil.rmtree(folder)
+    rig.assert_nothing_lost(dockerd_restarted=False)
+
+
 # -- managed files ---------------------------------------------------------------------------------
 
 

@@ -135,22 +135,48 @@ def test_unsafe_payload_update_is_rejected_and_dockerd_keeps_running(agent, base
     assert st["payload"]["updates"]["rejected"] == 1
 
 
+def test_known_good_copy_on_a_full_filesystem_is_retried_and_leaves_no_tmp(agent, base):
+    """The payload and state_dir share a 200 MiB tmpfs: the known-good copy (190 MB, plus the 64 MiB it
+    leaves free) cannot fit. dockerd runs on regardless, the failure is logged once with its retry,
+    nothing is left half-written; once the filesystem grows, the retry keeps the copy."""
+    fs = base / "fs"
+    fs.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200m,mode=0755", "tmpfs", str(fs)], check=True)
+    try:
+        make_payload(fs / "payload")
+        config = agent_config(base, docker__root=str(fs / "payload"), agent__state_dir=str(fs / "state"))
+        a = agent(config=config, payload=False).start()
+        pid = a.wait_running()
+        a.wait_log(r"cannot keep a known-good copy of .*/fs/payload in .*/fs/state/payload-known-good: "
+                   r"\[Errno 28\] not enough space in .*/fs/state: .* \(will retry in 10 s\)")
+        assert not [n for n in os.listdir(fs / "state") if n.startswith("payload-known-good")], "a .tmp was left"
+        subprocess.run(["mount", "-o", "remount,size=600m", str(fs)], check=True)
+        a.wait_log(r"payload: kept a known-good copy in .*/fs/state/payload-known-good", timeout=60)
+        assert sorted(n for n in os.listdir(fs / "state") if n.startswith("payload-known-good")) == \
+            ["payload-known-good"]
+        kept = fs / "state" / "payload-known-good" / "bin"
+        assert (kept / "dockerd").read_bytes() == (fs / "payload" / "bin" / "dockerd").read_bytes()
+        # The payload's symlinks to the system's binaries were validated: copied as the files they name.
+        assert not (kept / "containerd").is_symlink() and (kept / "containerd").stat().st_size > 0
+        assert a.dockerd_pid() == pid and ping(a.sock)
+        a.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(fs)], check=False)
+
+
 def build_static_tarball(dest: Path, dockerd_extra: bytes = b"") -> Path:
-    """Laid out like Docker's static release: a `docker/` folder with the binaries, built by a
-    non-root user (uid 1000, group-writable). The binaries other than dockerd are symlinks to the
-    system's (absolute targets, as a tar can carry them); dockerd is a real copy so /proc/PID/exe
-    names the payload."""
+    """Laid out like Docker's static release: a `docker/` folder with the binaries (real files, as in
+    Docker's tarballs: install-docker refuses links), built by a non-root user (uid 1000,
+    group-writable)."""
     staging = dest.parent / "tree" / "docker"
     staging.mkdir(parents=True)
     for name, src in SYSTEM_BINARIES.items():
         real = os.path.realpath(which(src))
+        shutil.copyfile(real, staging / name)
         if name == "dockerd":
-            shutil.copyfile(real, staging / name)
             with open(staging / name, "ab") as f:
                 f.write(dockerd_extra)
-            (staging / name).chmod(0o775)
-        else:
-            (staging / name).symlink_to(real)
+        (staging / name).chmod(0o775)
 
     def by_a_user(info: tarfile.TarInfo) -> tarfile.TarInfo:
         info.uid = info.gid = 1000
@@ -173,12 +199,14 @@ def test_install_docker_from_a_static_tarball_is_applied_by_the_running_agent(ag
     assert r.stdout.startswith(f"installed {tarball} into {root} (dockerd ")
     assert f"previous payload kept in {root}.previous" in r.stdout
     assert (base / "payload.previous" / "bin" / "dockerd").is_file()
-    # The folder inside the tarball became the payload, root's and not writable by others.
+    # The folder inside the tarball became the payload: regular files, root's, 0755 (not the 0775 and
+    # uid 1000 the tarball says).
     assert sorted(os.listdir(root)) == sorted(payloads.REQUIRED)
     for entry in [root, *root.iterdir()]:
         st = os.lstat(entry)
         assert (st.st_uid, st.st_gid) == (0, 0), entry
-        assert stat.S_ISLNK(st.st_mode) or not st.st_mode & 0o022, entry
+        assert stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode), entry
+        assert stat.S_IMODE(st.st_mode) == 0o755, entry
 
     wait_for(lambda: updates(a)["applied"] == 1, 60, 0.05, "update applied")
     new = a.wait_running(other_than=old)
@@ -213,7 +241,7 @@ def test_install_docker_refuses_an_archive_that_escapes_its_folder(base):
         tar.addfile(info, io.BytesIO(data))
     r = cli(config, "install-docker", str(evil))
     assert r.returncode == 1
-    assert r.stderr.strip() == f"armhf-agent install-docker: {evil}: unsafe path in archive: docker/../../escaped"
+    assert r.stderr.strip() == f"armhf-agent install-docker: {evil} refused: docker/../../escaped: '..' in the path"
     assert not (base / "escaped").exists() and not (base.parent / "escaped").exists()
     assert not (base / "payload").exists()
 
