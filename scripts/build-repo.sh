@@ -156,6 +156,14 @@ find "$pkgroot" -exec touch -h -d "@$epoch" {} +
 keyring_deb=$keyring/${KEYRING_PKG}_${keyring_version}_all.deb
 SOURCE_DATE_EPOCH=$epoch dpkg-deb --root-owner-group -Zxz --build "$pkgroot" "$keyring_deb" >/dev/null
 
+# Hosts select the repository by its origin (unattended-upgrades' Origins-Pattern): it stays as
+# first published.
+for suite in $SUITES; do
+    [ -f "$out/public/dists/$suite/Release" ] || continue
+    published=$(awk -F': ' '$1 == "Origin" {print $2; exit}' "$out/public/dists/$suite/Release")
+    [ "$published" = "$origin" ] || die "$out publishes origin '$published', not '$origin': hosts select it by origin, so it stays; use another OUT for a new origin"
+done
+
 # aptly keeps its database and package pool in OUT and publishes into OUT/public.
 conf=$out/aptly.conf
 printf '{"rootDir": "%s", "gpgProvider": "gpg", "architectures": ["amd64", "arm64"], "dependencyFollowSuggests": false}\n' "$out" > "$conf"
@@ -176,19 +184,26 @@ for suite in $SUITES; do
         die "aptly refused a package for $suite (above); a version already published cannot be replaced by another build: give the new build a higher version"
     fi
     if aptly_ publish show "$suite" >/dev/null 2>&1; then
-        published=$(awk -F': ' '$1 == "Origin" {print $2; exit}' "$out/public/dists/$suite/Release")
-        [ "$published" = "$origin" ] || die "$out publishes origin '$published', not '$origin': hosts pin and select by origin, so it stays; use another OUT for a new origin"
         aptly_ publish update -batch -gpg-key="$fpr" -skip-contents "$suite" >/dev/null
     else
         aptly_ publish repo -batch -gpg-key="$fpr" -origin="$origin" -label="$origin" -distribution="$suite" \
             -architectures="${ARCHES// /,}" -acquire-by-hash -skip-contents "$repo" >/dev/null
     fi
 done
-install -m 644 "$keyring/keyring.gpg" "$out/public/$KEYRING_PKG.gpg"
-install -m 644 "$keyring_deb" "$out/public/"
+# Beside the suites, for a host's first install (docs/FLEET.md): the current keyring only, each file
+# renamed into place, so the web server never serves half of one.
+publish_file() {  # SRC NAME
+    install -m 644 "$1" "$out/public/.$2.tmp"
+    mv -f "$out/public/.$2.tmp" "$out/public/$2"
+}
+publish_file "$keyring/keyring.gpg" "$KEYRING_PKG.gpg"
+publish_file "$keyring_deb" "${keyring_deb##*/}"
+for old in "$out/public/${KEYRING_PKG}_"*_all.deb; do
+    [ "$old" = "$out/public/${keyring_deb##*/}" ] || rm -f "$old"
+done
 
 # Check what apt will check, independently of aptly: both signatures verify with the exported
-# keyring, and every Packages file is listed in Release with its size.
+# keyring, and Release lists the Packages file of every architecture.
 for suite in $SUITES; do
     d=$out/public/dists/$suite
     gpgv --keyring "$out/public/$KEYRING_PKG.gpg" "$d/InRelease" 2>/dev/null || die "$d/InRelease does not verify with the keyring"

@@ -101,6 +101,7 @@ def test_routes_every_deb_to_its_release_signs_both_suites_and_ships_the_keyring
     assert run(["dpkg-deb", "-f", str(deb), "Architecture"]).stdout.strip() == "all"
 
 
+@pytest.mark.slow
 def test_publishing_again_keeps_older_versions_and_rebuilds_the_keyring_identically(gnupg, key, tmp_path):
     dist, repo = tmp_path / "dist", tmp_path / "repo"
     fake_deb(dist, "0.1.0+deb12")
@@ -221,6 +222,7 @@ def test_the_origin_hosts_select_by_cannot_change_once_published(gnupg, key, tmp
     assert proc.returncode == 2 and "origin 'bad origin' must be letters" in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_key_rotation_reaches_hosts_through_the_keyring_package(gnupg, tmp_path):
     dist, repo = tmp_path / "dist", tmp_path / "repo"
     public = repo / "public"
@@ -239,6 +241,8 @@ def test_a_key_rotation_reaches_hosts_through_the_keyring_package(gnupg, tmp_pat
     assert first.name.split("_")[1] == versions[0]
     listed = run(["gpg", "--batch", "--with-colons", "--show-keys", str(public / f"{KEYRING_PKG}.gpg")]).stdout
     assert {old, new} <= set(re.findall(r"^fpr:+([0-9A-F]+):", listed, re.M))
+    # Only the current keyring package beside the suites: the page installs it by a glob.
+    assert [p.name for p in public.glob(f"{KEYRING_PKG}_*_all.deb")] == [f"{KEYRING_PKG}_{versions[1]}_all.deb"]
 
     # Step 2: signed by the new key; a host holding the two-key keyring verifies it.
     build_repo(gnupg, "--key", new, str(dist), str(repo), env={"REPO_KEYRING_KEYS": f"{old} {new}"})
