@@ -1,6 +1,7 @@
 #!/bin/bash
 # build-repo.sh --key KEY [--origin NAME] DIST OUT: publishes the armhf-agent .debs in DIST into
 # the signed apt repository kept in OUT (made on first use), with aptly. Serve OUT/public.
+# build-repo.sh --check: exit 0 if every tool it needs is installed (else names the missing ones).
 #
 #   one suite per Debian release: bookworm (+deb12 builds), trixie (+deb13), component main,
 #   architectures amd64 and arm64; dists/SUITE/InRelease and Release.gpg signed with KEY
@@ -21,6 +22,19 @@ set -euo pipefail
 
 die() { echo "build-repo.sh: $*" >&2; exit 2; }
 usage() { die "usage: $0 --key KEY [--origin NAME] DIST OUT"; }
+
+check_tools() {
+    local pair missing=""
+    for pair in aptly:aptly gpg:gnupg gpgv:gpgv dpkg-deb:dpkg; do
+        command -v "${pair%%:*}" >/dev/null || missing="$missing ${pair%%:*} (${pair#*:})"
+    done
+    [ -z "$missing" ] || die "missing tools:$missing; run scripts/setup.sh --test or apt-get install aptly gnupg"
+}
+if [ "${1:-}" = --check ]; then
+    check_tools
+    echo "build-repo.sh: tools present"
+    exit 0
+fi
 
 key=${REPO_KEY:-}
 origin=${REPO_ORIGIN:-armhf-agent}
@@ -43,11 +57,7 @@ SUITES="bookworm trixie"
 ARCHES="amd64 arm64"
 KEYRING_PKG=armhf-agent-archive-keyring
 
-missing=""
-for pair in aptly:aptly gpg:gnupg gpgv:gpgv dpkg-deb:dpkg; do
-    command -v "${pair%%:*}" >/dev/null || missing="$missing ${pair%%:*} (${pair#*:})"
-done
-[ -z "$missing" ] || die "missing tools:$missing; run scripts/setup.sh --test or apt-get install aptly gnupg"
+check_tools
 [ -n "$key" ] || die "no signing key: give --key KEY (or REPO_KEY), a fingerprint of a secret key in ${GNUPGHOME:-~/.gnupg}"
 [[ $origin =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] || die "origin '$origin' must be letters, digits, '.', '_' or '-' (apt matches it in pins and Origins-Pattern)"
 [ -d "$dist" ] || die "$dist is not a directory"

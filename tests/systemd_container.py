@@ -158,7 +158,8 @@ def assert_handover(container: SystemdContainer, change_package: Callable[[], ob
     agent_pid, dockerd_pid = container.prop(UNIT, "MainPID"), inner_dockerd_pid(container)
     change_package()
     assert "exit=" not in container.exec("cat", "/tmp/attached.log").stdout, "the package change outlasted the test container"
-    assert container.exec("dpkg-query", "-W", "-f=${Version}", "armhf-agent").stdout == version
+    installed = container.exec("dpkg-query", "-W", "-f=${Version}", "armhf-agent").stdout
+    assert installed == version, f"armhf-agent {installed} installed, not {version}"
     container.wait_prop(UNIT, "ActiveState", "active", 60)
     assert container.prop(UNIT, "MainPID") != agent_pid
     assert inner_dockerd_pid(container) == dockerd_pid

@@ -293,3 +293,12 @@ def test_make_repo_without_a_key_says_what_to_give(tmp_path):
     proc = subprocess.run(["make", "-C", str(REPO), "repo", f"DIST={dist}", f"REPO_DIR={tmp_path / 'repo'}"],
                           capture_output=True, text=True, env=env)
     assert proc.returncode != 0 and "no signing key: give --key KEY (or REPO_KEY)" in proc.stderr
+
+
+def test_check_names_each_missing_tool(tmp_path):
+    assert subprocess.run([str(REPO / "scripts/build-repo.sh"), "--check"], capture_output=True).returncode == 0
+    proc = subprocess.run([str(REPO / "scripts/build-repo.sh"), "--check"], capture_output=True, text=True,
+                          env={**os.environ, "PATH": str(tmp_path)})
+    assert proc.returncode == 2
+    for tool in ("aptly (aptly)", "gpg (gnupg)", "gpgv (gpgv)", "dpkg-deb (dpkg)"):
+        assert tool in proc.stderr, proc.stderr

@@ -194,9 +194,13 @@ def test_repository_install_refusals_canary_upgrade_and_rollback(release, signin
         dry = host.doc("unattended-dry-run").stdout
         assert "No packages found that can be upgraded unattended" in dry and "Packages that will be upgraded" not in dry, dry
 
-        # A canary: unpinned, unattended-upgrades selects v2 (and only because of the page's
-        # Origins-Pattern: without that file it does not).
+        # As a canary (unpinned) this host would take v2.
         host.doc("canary")
+        assert f"Candidate: {v2}" in host.doc("policy").stdout
+
+        # Promoted: the pin moves to v2, unattended-upgrades selects it (and only because of the
+        # page's Origins-Pattern: without that file it does not); the page's upgrade takes it.
+        host.doc("hold", APPROVED=V2)
         pattern = host.root.path("/etc/apt/apt.conf.d/51armhf-agent-unattended-upgrades")
         saved = pattern.read_text()
         pattern.unlink()
