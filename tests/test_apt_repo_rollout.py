@@ -244,17 +244,17 @@ def test_repository_install_refusals_canary_upgrade_and_rollback(release, signin
         host.cleanup()
 
 
+SYSTEMD_RELEASE = "bookworm"      # the release of this machine's dockerd tests, as in test_packaging_systemd
+REPO_INSIDE = "/srv/armhf-agent-repo"
+PORT = 8080
+
+
 @pytest.fixture(scope="module")
 def systemd_host():
     if not have_docker():
         pytest.skip("needs root and docker.io (dockerd)")
     with systemd_container.systemd_host(SYSTEMD_RELEASE) as host:
         yield host
-
-
-SYSTEMD_RELEASE = "bookworm"      # the release of this machine's dockerd tests, as in test_packaging_systemd
-REPO_INSIDE = "/srv/armhf-agent-repo"
-PORT = 8080
 
 
 def build_info(box: SystemdContainer) -> list[str]:
