@@ -22,6 +22,9 @@ if [ "$want_tests" = 1 ]; then
     # of mmdebstrap, which refuses a foreign-architecture chroot without it (issue 11): named here,
     # since --no-install-recommends drops it. e2e/e2e_arm64.py --check-host lists what it needs.
     packages+=(qemu-system-arm qemu-utils binfmt-support arch-test e2fsprogs cpio make git)
+    # make repo / scripts/build-repo.sh: the signed apt repository (aptly; Debian 12's reprepro keeps
+    # one version per package, and rollbacks need the older one) and its key (gnupg: gpg, gpgv).
+    packages+=(aptly gnupg)
 fi
 
 missing=()

@@ -82,7 +82,9 @@ class Chroot:
 
 
 def export_source(dest: Path, version: str | None = None) -> Path:
-    """The work tree's files in `dest`; with `version`, a changelog entry on top makes it that version."""
+    """The work tree's files in `dest`; with `version`, a changelog entry on top makes it that version,
+    and the agent reports it too (`--version`, armhf_agent_build_info), as a real release would: the
+    fleet tests watch the version label change on the upgrade and change back on the rollback."""
     run([str(SCRIPTS / "export-source.sh"), str(dest)])
     if version:
         changelog = dest / "packaging" / "debian" / "changelog"
@@ -90,6 +92,13 @@ def export_source(dest: Path, version: str | None = None) -> Path:
                  "  * Rebuild with a higher version for the upgrade tests.\n\n"
                  " -- armhf-agent tests <armhf-agent@lists.example.org>  Sun, 29 Nov 2026 00:00:00 +0000\n\n")
         changelog.write_text(entry + changelog.read_text())
+        current = changelog_version()
+        for path, before, after in ((dest / "agent" / "__init__.py", f'__version__ = "{current}"', f'__version__ = "{version}"'),
+                                    (dest / "pyproject.toml", f'\nversion = "{current}"\n', f'\nversion = "{version}"\n')):
+            text = path.read_text()
+            if before not in text:
+                raise AssertionError(f"{path}: no {before.strip()!r} to turn into version {version}")
+            path.write_text(text.replace(before, after, 1))
     return dest
 
 

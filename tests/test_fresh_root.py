@@ -9,6 +9,7 @@ run setup.sh there, then ask each later stage whether its host is ready:
 
 - the tests themselves: promtool where scripts/test.sh points PROMTOOL, the venv importing the agent;
 - the chroot builder (`scripts/debian-chroot.sh check`), which the packaging tests and e2e use;
+- the apt repository builder (`scripts/build-repo.sh --check`), which the fleet tests use;
 - the arm64 end-to-end run (`e2e/e2e_arm64.py --check-host`).
 
 Network: only the package archives (Debian's, and PyPI for the venv), as on a real new machine.
@@ -49,6 +50,7 @@ def test_setup_installs_what_every_ci_stage_needs(fresh_root):
         "tests: promtool": [f"{SRC}/.cache/promtool/usr/bin/promtool", "--version"],
         "tests: the venv imports the agent": [f"{SRC}/.venv/bin/python", "-c", "import agent.cli, docker, hypothesis"],
         "chroot builder": [f"{SRC}/scripts/debian-chroot.sh", "check"],
+        "apt repository (make repo)": [f"{SRC}/scripts/build-repo.sh", "--check"],
         "e2e-arm64": ["python3", f"{SRC}/e2e/e2e_arm64.py", "--check-host"],
     }
     failed = {}

@@ -4,24 +4,18 @@ of Debian's docker.io binaries, as in tests/harness.py)."""
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
 import uuid
 
 import pytest
 
-from harness import Dockerd, have_docker, make_busybox_tar, new_base, wait_for
-from packaging_support import SCRIPTS, deb_field, release_debs, run, why_no_chroots
-from systemd_container import SystemdContainer
+import systemd_container
+from harness import have_docker, wait_for
+from packaging_support import deb_field, release_debs, why_no_chroots
+from systemd_container import (INNER_DOCKER, UNIT, SystemdContainer, agent_state, assert_handover,
+                               configure_for_test_dockerd, import_busybox, inner_dockerd_pid, install_stand_in_payload,
+                               start_attached_client)
 
 RELEASE = "bookworm"            # the release of this machine's dockerd tests; one is enough for the unit
-UNIT = "armhf-agent.service"
-PAYLOAD_BINARIES = {"dockerd": "/usr/sbin/dockerd", "containerd": "/usr/bin/containerd",
-                    "containerd-shim-runc-v2": "/usr/bin/containerd-shim-runc-v2", "runc": "/usr/sbin/runc",
-                    "docker-init": "/usr/bin/docker-init", "docker-proxy": "/usr/sbin/docker-proxy",
-                    "docker": "/usr/bin/docker"}
-INNER_DOCKER = ["/usr/bin/docker", "-H", "unix:///var/run/docker.sock"]   # Debian's client, not the shim
 
 pytestmark = [
     pytest.mark.slow, pytest.mark.chroot, pytest.mark.dockerd,
@@ -33,17 +27,8 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def systemd_host():
     """A test dockerd with the systemd rootfs imported as an image."""
-    base = new_base("sd")
-    dockerd = Dockerd(base / "d")
-    dockerd.base.mkdir()
-    dockerd.start()
-    tarball = run([str(SCRIPTS / "debian-chroot.sh"), "tarball", "systemd", RELEASE]).stdout.strip()
-    image = f"armhf-agent-systemd:{RELEASE}"
-    dockerd.docker("import", "--change", 'CMD ["/sbin/init"]', tarball, image, timeout=600)
-    yield dockerd, image, base
-    dockerd.stop()
-    subprocess.run(["umount", "-R", "-l", str(base)], capture_output=True)
-    shutil.rmtree(base, ignore_errors=True)
+    with systemd_container.systemd_host(RELEASE) as host:
+        yield host
 
 
 @pytest.fixture
@@ -94,14 +79,6 @@ systemctl daemon-reload""")
     assert "watchdog timeout" in container.exec("journalctl", "-u", "probe.service", "--no-pager").stdout.lower()
 
 
-def state(container: SystemdContainer) -> dict:
-    return json.loads(container.exec("cat", "/run/armhf-agent/state.json").stdout)
-
-
-def inner_dockerd_pid(container: SystemdContainer) -> str:
-    return container.exec("cat", "/var/run/docker.pid").stdout.strip()
-
-
 def test_agent_under_systemd(container, tmp_path):
     debs = release_debs(RELEASE)
     v1 = container.put(debs["v1"], "/tmp/debs/v1")
@@ -113,20 +90,14 @@ def test_agent_under_systemd(container, tmp_path):
     container.wait_prop(UNIT, "ActiveState", "active", 60)
     assert container.prop(UNIT, "Type") == "notify"
     container.wait_prop(UNIT, "StatusText", lambda v: "install-docker" in v, 30)
-    assert state(container)["payload"]["state"] == "missing"
+    assert agent_state(container)["payload"]["state"] == "missing"
 
-    # This container's dockerd wants no bridge and no iptables, as every test dockerd here
-    # (../shared/reference/test-environment.md): a config change, applied by reload.
+    # A config change for this container's dockerd, applied by reload.
     agent_pid = container.prop(UNIT, "MainPID")
-    container.exec("sed", "-i", 's/^args = \\[\\]$/args = ["--bridge=none", "--iptables=false"]/',
-                   "/etc/armhf-agent/agent.toml")
-    assert '"--iptables=false"' in container.exec("cat", "/etc/armhf-agent/agent.toml").stdout
-    container.exec("systemctl", "reload", UNIT)
+    configure_for_test_dockerd(container)
 
     # The payload appears (Debian's docker.io binaries stand in for an armhf one): picked up, no restart.
-    container.sh("mkdir -p /opt/docker/bin && cp /usr/sbin/dockerd /opt/docker/bin/dockerd && " + " && ".join(
-        f"ln -sf {src} /opt/docker/bin/{name}" for name, src in PAYLOAD_BINARIES.items() if name != "dockerd"))
-    container.wait_prop(UNIT, "StatusText", lambda v: v.startswith("dockerd running"), 60)
+    install_stand_in_payload(container)
     container.exec(*INNER_DOCKER, "version")
     assert container.prop(UNIT, "MainPID") == agent_pid
 
@@ -149,29 +120,9 @@ def test_agent_under_systemd(container, tmp_path):
 
     # Upgrade with a client attached to a running container: the old agent hands dockerd over
     # (prerm: SIGUSR2), the new one adopts it; the container and its client never notice.
-    tar = make_busybox_tar(tmp_path / "bb.tar")
-    container.exec(*INNER_DOCKER, "import", container.put(tar, "/tmp/img"), "bb:local")
-    container.sh("""cat > /tmp/attached.sh <<'EOF'
-/usr/bin/docker -H unix:///var/run/docker.sock run --rm --network none bb:local \\
-    sh -c 'i=0; while [ $i -lt 60 ]; do echo tick $i; i=$((i+1)); sleep 0.5; done'
-echo "exit=$?"
-EOF""")
-    container.exec("sh", "-c", "nohup sh /tmp/attached.sh > /tmp/attached.log 2>&1 &")
-    container.sh("for i in $(seq 100); do grep -q 'tick 2' /tmp/attached.log && exit 0; sleep 0.1; done; exit 1")
-    agent_pid, dockerd_pid = container.prop(UNIT, "MainPID"), inner_dockerd_pid(container)
-    container.exec("apt-get", "install", "-y", v2)
-    assert "exit=" not in container.exec("cat", "/tmp/attached.log").stdout, "the upgrade outlasted the test container"
-    assert container.exec("dpkg-query", "-W", "-f=${Version}", "armhf-agent").stdout == deb_field(debs["v2"], "Version")
-    container.wait_prop(UNIT, "ActiveState", "active", 60)
-    assert container.prop(UNIT, "MainPID") != agent_pid
-    assert inner_dockerd_pid(container) == dockerd_pid
-    container.sh("for i in $(seq 600); do grep -q '^exit=' /tmp/attached.log && exit 0; sleep 0.1; done; exit 1")
-    attached = container.exec("cat", "/tmp/attached.log").stdout
-    assert "tick 59" in attached and "exit=0" in attached, attached
-    assert state(container)["dockerd"]["adopted"] is True
-    assert "detaching: leaving dockerd" in container.exec("journalctl", "-u", UNIT, "--no-pager").stdout
-    assert container.exec("test", "-e", "/run/systemd/system/armhf-agent.service.d/50-upgrade-handover.conf",
-                          check=False).returncode == 1
+    import_busybox(container, tmp_path)
+    start_attached_client(container)
+    assert_handover(container, lambda: container.exec("apt-get", "install", "-y", v2), deb_field(debs["v2"], "Version"))
 
     # `systemctl restart` keeps dockerd and what runs on it (ExecStop sees a restart job: SIGUSR2);
     # the new agent adopts the same dockerd and the container never notices.

@@ -12,8 +12,11 @@ from metrics_support import PROMTOOL_MISSING, REPO, live_sample_names, promql_me
 
 RULES = REPO / "etc/prometheus/armhf-agent.rules.yml"
 RULE_TESTS = REPO / "etc/prometheus/armhf-agent.rules.test.yml"
-REQUIRED = {"ArmhfAgentDown", "ArmhfAgentMetricsAbsent", "ArmhfDockerdDown", "ArmhfDockerdFlapping", "ArmhfAgentStuck", "ArmhfManagedFileDrifting",
-            "ArmhfPayloadRolledBack", "ArmhfRuntimeWrapperFailing", "ArmhfPlatformNotArmV7", "ArmhfHostNotNative", "ArmhfBuildFailureRatioHigh"}
+REQUIRED = {"ArmhfAgentDown", "ArmhfAgentMetricsAbsent", "ArmhfDockerdDown", "ArmhfDockerdFlapping", "ArmhfAgentStuck",
+            "ArmhfManagedFileDrifting", "ArmhfPayloadRolledBack", "ArmhfRuntimeWrapperFailing", "ArmhfPlatformNotArmV7",
+            "ArmhfHostNotNative", "ArmhfBuildFailureRatioHigh",
+            # rollouts (docs/FLEET.md)
+            "ArmhfAgentVersionLagging", "ArmhfAgentRestartingAfterUpgrade"}
 
 
 def rules() -> dict[str, dict[str, str]]:
