@@ -32,7 +32,7 @@ WRAPPER_MARKER = b"runtime wrapper installed by armhf-agent"
 EDITOR = str(Path(__file__).with_name("runtime_exec.py"))
 RECORDS_FILE = "runtime-records"
 # What the editor did with a spec (agent/runtime_exec.py); a closed label set.
-RESULTS = ("injected", "own-mount", "arm64", "failed")
+RESULTS = ("injected", "injected-v6", "own-mount", "arm64", "failed")
 BUILDKIT_RUNC_ENV = "DOCKER_BUILDKIT_RUNC_COMMAND"
 
 
@@ -53,19 +53,27 @@ def dockerd_environment(config) -> tuple[tuple[str, ...], dict[str, str]]:
 
 
 def render_wrapper(real_runc: str, cpuinfo_path: str, records: str, agent_version: str,
-                   python: str = sys.executable, editor: str = EDITOR) -> str:
+                   python: str = sys.executable, editor: str = EDITOR, mode: str = "daemon",
+                   cpuinfo_v6: str = "") -> str:
+    """The wrapper for the agent's armhf dockerd (mode daemon) or for the host's own dockerd (mode host:
+    32-bit containers get PER_LINUX32 and the ARMv7, or for an ARMv6 program the ARMv6, cpuinfo; `exec`
+    into them gets the personality too)."""
+    if mode not in ("daemon", "host"):
+        raise ValueError(f"runtime wrapper mode {mode!r} is not daemon or host")
     for name, value in (("runc", real_runc), ("cpuinfo path", cpuinfo_path), ("records path", records),
-                        ("python", python), ("editor", editor)):
+                        ("python", python), ("editor", editor), ("ARMv6 cpuinfo path", cpuinfo_v6 or "/")):
         if not value.startswith("/"):
             raise ValueError(f"runtime wrapper {name} must be an absolute path, got {value!r}")
     if not agent_version.isprintable():
         raise ValueError(f"agent version {agent_version!r} must be printable")
     main = _EDITOR_MAIN.format(folder=os.path.dirname(editor), runc=real_runc)
+    edited = "create | run | exec" if mode == "host" else "create | run"
     return (_TEMPLATE.replace("@VERSION@", agent_version)
+            .replace("@EDITED@", edited)
             .replace("@RUNC@", sh_quote(real_runc))
             .replace("@PYTHON@", sh_quote(python))
-            .replace("@EDIT@", " ".join(sh_quote(w) for w in (python, "-I", "-S", "-c", main, real_runc,
-                                                               cpuinfo_path, records))))
+            .replace("@EDIT@", " ".join(sh_quote(w) for w in (python, "-I", "-S", "-c", main, mode, real_runc,
+                                                               cpuinfo_path, cpuinfo_v6 or "-", records))))
 
 
 # Imported, not run as a script: the module's cached bytecode is used (agent/runtime_exec.py docstring).
@@ -75,7 +83,7 @@ _EDITOR_MAIN = ("import os, sys\n"
                 "    sys.path[:0] = [{folder!r}]\n"
                 "    import runtime_exec\n"
                 "except BaseException:\n"
-                "    os.execv({runc!r}, [{runc!r}, *sys.argv[4:]])\n"
+                "    os.execv({runc!r}, [{runc!r}, *sys.argv[6:]])\n"
                 "runtime_exec.main(sys.argv[1:])")
 
 
@@ -92,7 +100,7 @@ for armhf_arg do
     --root | --log | --log-format | --criu | --rootless | -root | -log | -log-format | -criu | -rootless)
         armhf_skip=1 ;;
     -*) ;;
-    create | run)
+    @EDITED@)
         # A missing interpreter (an agent removed under a running dockerd) must not refuse containers.
         [ -x @PYTHON@ ] || break
         exec @EDIT@ "$@" ;;

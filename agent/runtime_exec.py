@@ -6,7 +6,7 @@ The wrapper (`runc` first in dockerd's PATH, agent/runtime.py renders it) runs t
 (BuildKit's RUN steps) only, as
 
     python -I -S -c 'import sys; sys.path[:0] = [FOLDER]; import runtime_exec; runtime_exec.main(sys.argv[1:])'
-        REAL_RUNC CPUINFO RECORDS RUNC-ARGS...
+        daemon|host REAL_RUNC CPUINFO CPUINFO_V6|- RECORDS RUNC-ARGS...
 
 and execs everything else straight to the real runc (../shared/reference/runtime.md, "Who runs runc").
 Self-contained and standard-library only, like launch.py: it starts in a fresh interpreter on every
@@ -194,9 +194,9 @@ def program_of(spec: dict) -> tuple[str, str] | None:
     return args[0], path
 
 
-def elf_of(rootfs: str, program: str, search_path: str, depth: int = 0) -> tuple[int, int] | None:
-    """(ELF class, e_machine) of what the container runs first; a `#!` script is judged by its
-    interpreter. None when it cannot be told (missing, not ELF, unreadable)."""
+def elf_of(rootfs: str, program: str, search_path: str, depth: int = 0) -> tuple[int, int, str] | None:
+    """(ELF class, e_machine, the file) of what the container runs first; a `#!` script is judged by
+    its interpreter. None when it cannot be told (missing, not ELF, unreadable)."""
     if "/" in program:
         candidates = [program if program.startswith("/") else "/" + program]
     else:
@@ -207,7 +207,7 @@ def elf_of(rootfs: str, program: str, search_path: str, depth: int = 0) -> tuple
         if not head:
             continue
         if head[:4] == b"\x7fELF" and len(head) >= 20:
-            return head[4], int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
+            return head[4], int.from_bytes(head[18:20], "little" if head[5] == 1 else "big"), resolved
         if head[:2] == b"#!" and depth < 2:
             line = head[2:].split(b"\n", 1)[0].strip().split()
             if line:
@@ -216,21 +216,130 @@ def elf_of(rootfs: str, program: str, search_path: str, depth: int = 0) -> tuple
     return None
 
 
-def decide(spec: dict, bundle: str) -> str:
-    """injected | own-mount | arm64: what the wrapper does with this spec."""
-    if has_cpuinfo_mount(spec):
-        return "own-mount"
+def _uleb(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while at < len(data):
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80 or shift > 63:
+            return value, at
+    raise SpecError("truncated ULEB128")
+
+
+def arm_cpu_arch(path: str) -> int | None:
+    """Tag_CPU_arch of a 32-bit little-endian ARM ELF (its .ARM.attributes section, "aeabi"
+    subsection, file-scope attributes: ARM IHI 0045, "Addenda to the ARM ELF"): 6-9 are ARMv6 flavours,
+    10 ARMv7. The spec does not carry the image's variant; the program's own build does. None when the
+    file says nothing (or says it in a way this reader does not follow)."""
+    try:
+        if (os.lstat(path).st_mode & 0o170000) != 0o100000:
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError:
+        return None
+    try:
+        head = os.pread(fd, 52, 0)
+        if len(head) < 52 or head[:6] != b"\x7fELF\x01\x01":
+            return None
+        shoff = int.from_bytes(head[32:36], "little")
+        shentsize, shnum = int.from_bytes(head[46:48], "little"), int.from_bytes(head[48:50], "little")
+        if shentsize != 40 or not 0 < shnum <= 4096:
+            return None
+        table = os.pread(fd, shentsize * shnum, shoff)
+        for i in range(len(table) // 40):
+            entry = table[i * 40:(i + 1) * 40]
+            if int.from_bytes(entry[4:8], "little") != 0x70000003:        # SHT_ARM_ATTRIBUTES
+                continue
+            offset, size = int.from_bytes(entry[16:20], "little"), int.from_bytes(entry[20:24], "little")
+            if not 0 < size <= 65536:
+                return None
+            return _cpu_arch_tag(os.pread(fd, size, offset))
+        return None
+    except (OSError, SpecError, IndexError):
+        return None
+    finally:
+        os.close(fd)
+
+
+def _cpu_arch_tag(data: bytes) -> int | None:
+    if not data or data[0:1] != b"A":
+        return None
+    at = 1
+    while at + 4 <= len(data):
+        length = int.from_bytes(data[at:at + 4], "little")
+        end = at + length
+        if length < 5 or end > len(data):
+            return None
+        vendor_end = data.index(b"\0", at + 4, end)
+        if data[at + 4:vendor_end] == b"aeabi":
+            sub = vendor_end + 1
+            while sub + 5 <= end:
+                tag, size = data[sub], int.from_bytes(data[sub + 1:sub + 5], "little")
+                if size < 5 or sub + size > end:
+                    return None
+                if tag == 1:                                   # Tag_File: attributes of the whole file
+                    pos, stop = sub + 5, sub + size
+                    while pos < stop:
+                        attr, pos = _uleb(data, pos)
+                        if attr in (4, 5, 67):                 # NTBS-valued (CPU names, conformance)
+                            pos = data.index(b"\0", pos, stop) + 1
+                        elif attr == 32:                       # Tag_compatibility: ULEB then NTBS
+                            _, pos = _uleb(data, pos)
+                            pos = data.index(b"\0", pos, stop) + 1
+                        else:
+                            value, pos = _uleb(data, pos)
+                            if attr == 6:                      # Tag_CPU_arch
+                                return value
+                sub += size
+        at = end
+    return None
+
+
+# -- the decision ------------------------------------------------------------------------------------
+
+DAEMON, HOST = "daemon", "host"
+ELFCLASS32 = 1
+EM_ARM = 40
+ARMV6_LAST = 9               # Tag_CPU_arch 6 (v6), 7 (v6KZ), 8 (v6T2), 9 (v6K); 10 is v7
+
+
+def userland_of(spec: dict, bundle: str) -> tuple[int, int, str] | None:
     root = (spec.get("root") or {}).get("path")
     found = program_of(spec)
-    if isinstance(root, str) and found is not None:
-        rootfs = root if root.startswith("/") else os.path.join(bundle, root)
-        elf = elf_of(rootfs, *found)
-        if elf == (ELFCLASS64, EM_AARCH64):
-            return "arm64"
-    return "injected"
+    if not isinstance(root, str) or found is None:
+        return None
+    return elf_of(root if root.startswith("/") else os.path.join(bundle, root), *found)
 
 
-def edit(bundle: str, cpuinfo: str) -> str:
+def decide(spec: dict, bundle: str, mode: str = DAEMON, cpuinfo: str = "", cpuinfo_v6: str = ""
+           ) -> tuple[str, str | None, str | None]:
+    """(result, personality to run runc under or None, the cpuinfo file to mount or None).
+
+    The armhf daemon (mode daemon, under PER_LINUX32 already): every container gets the hijacked file,
+    except an arm64 userland, which keeps the kernel's cpuinfo and is given back PER_LINUX (`uname -m`
+    aarch64, not armv8l). The host's own 64-bit daemon (mode host): only a 32-bit userland is changed:
+    PER_LINUX32 (armv8l) and the ARMv7 file, or the ARMv6 one for a program built for ARMv6 (its
+    Tag_CPU_arch); everything else is left exactly as it is."""
+    found = userland_of(spec, bundle)
+    own = has_cpuinfo_mount(spec)
+    if mode == DAEMON:
+        if found is not None and found[:2] == (ELFCLASS64, EM_AARCH64):
+            return "arm64", "linux64", None
+        return ("own-mount", None, None) if own else ("injected", None, cpuinfo)
+    if found is None or found[0] != ELFCLASS32:
+        return "arm64", None, None
+    if own:
+        return "own-mount", "linux32", None
+    if cpuinfo_v6 and found[1] == EM_ARM:
+        arch = arm_cpu_arch(found[2])
+        if arch is not None and arch <= ARMV6_LAST:
+            return "injected-v6", "linux32", cpuinfo_v6
+    return "injected", "linux32", cpuinfo
+
+
+def read_spec(bundle: str) -> tuple[dict, os.stat_result]:
     path = os.path.join(bundle, "config.json")
     # O_NONBLOCK: a FIFO there must not hold the container's start (fstat then refuses it).
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -249,12 +358,19 @@ def edit(bundle: str, cpuinfo: str) -> str:
     mounts = spec.get("mounts")
     if mounts is not None and not isinstance(mounts, list):
         raise SpecError("mounts is not a list")
-    result = decide(spec, bundle)
-    if result != "injected":
-        return result
-    spec["mounts"] = (mounts or []) + [{"destination": MOUNT_TARGET, "type": "bind", "source": cpuinfo,
-                                         "options": ["rbind", "ro"]}]
+    return spec, st
+
+
+def edit(bundle: str, cpuinfo: str, mode: str = DAEMON, cpuinfo_v6: str = "") -> tuple[str, str | None]:
+    """Edits the bundle's spec; returns (result, personality or None)."""
+    spec, st = read_spec(bundle)
+    result, persona, source = decide(spec, bundle, mode, cpuinfo, cpuinfo_v6)
+    if source is None:
+        return result, persona
+    spec["mounts"] = (spec.get("mounts") or []) + [{"destination": MOUNT_TARGET, "type": "bind", "source": source,
+                                                    "options": ["rbind", "ro"]}]
     data = dumps(spec).encode()
+    path = os.path.join(bundle, "config.json")
     tmp = os.path.join(bundle, f".config.json.armhf-agent-{os.getpid()}")
     out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, st.st_mode & 0o777)
     try:
@@ -272,7 +388,53 @@ def edit(bundle: str, cpuinfo: str) -> str:
     except BaseException:
         os.unlink(tmp)
         raise
-    return result
+    return result, persona
+
+
+# runc exec's options that take a value (runc exec.go); the first other word is the container's id.
+EXEC_VALUE_OPTIONS = ("--console-socket", "--cwd", "--env", "-e", "--user", "-u", "--additional-gids", "-g",
+                      "--process", "-p", "--process-label", "--apparmor", "--cap", "-c", "--preserve-fds",
+                      "--pid-file", "--cgroup")
+
+
+def exec_personality(args: list, at: int) -> str | None:
+    """`runc exec` into a container the host daemon runs: a 32-bit userland's process gets PER_LINUX32
+    too (the container's init has it, an exec'd process would not). The container's bundle comes from
+    runc's own state (`<root>/<id>/state.json`, its `bundle=` label)."""
+    root = "/run/runc"
+    for i, arg in enumerate(args[:at]):
+        if arg in ("--root", "-root") and i + 1 < at:
+            root = args[i + 1]
+        elif arg.startswith(("--root=", "-root=")):
+            root = arg.split("=", 1)[1]
+    rest, cid = args[at + 1:], None
+    i = 0
+    while i < len(rest):
+        arg = rest[i]
+        if arg in EXEC_VALUE_OPTIONS:
+            i += 2
+            continue
+        if arg.startswith("-"):
+            i += 1
+            continue
+        cid = arg
+        break
+    if not cid or "/" in cid or cid in (".", ".."):
+        return None
+    fd = os.open(os.path.join(root, cid, "state.json"), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if (os.fstat(fd).st_mode & 0o170000) != 0o100000:
+            return None
+        state = loads(os.read(fd, MAX_SPEC_BYTES).decode("utf-8"))
+    finally:
+        os.close(fd)
+    labels = ((state or {}).get("config") or {}).get("labels") or []
+    bundle = next((label[7:] for label in labels if isinstance(label, str) and label.startswith("bundle=")), None)
+    if not bundle:
+        return None
+    spec, _ = read_spec(bundle)
+    found = userland_of(spec, bundle)
+    return "linux32" if found is not None and found[0] == ELFCLASS32 else None
 
 
 def record(path: str, result: str, detail: str) -> None:
@@ -290,22 +452,43 @@ def record(path: str, result: str, detail: str) -> None:
         os.close(fd)
 
 
-def main(argv: list) -> None:
-    runc, cpuinfo, records, args = argv[0], argv[1], argv[2], argv[3:]
-    detail = "-"
-    try:
-        at = subcommand_at(args)
-        if at is None or args[at] not in EDITED:
-            raise SpecError("no create/run subcommand")
-        result = edit(bundle_of(args, at), cpuinfo)
-    except Exception as exc:  # fail open: runc runs with the spec as it was
-        result, detail = "failed", type(exc).__name__
-    record(records, result, detail)
+# setarch (util-linux, on every Debian) sets the personality and execs: the editor never calls
+# personality(2) itself (ctypes costs 3 ms per container) and never forks.
+SETARCH = "/usr/bin/setarch"
+
+
+def run_runc(runc: str, args: list, persona: str | None) -> None:
+    if persona and os.access(SETARCH, os.X_OK):
+        os.execv(SETARCH, [SETARCH, persona, runc, *args])
     os.execv(runc, [runc, *args])
 
 
+def main(argv: list) -> None:
+    """argv: MODE REAL_RUNC CPUINFO CPUINFO_V6|- RECORDS RUNC-ARGS..."""
+    mode, runc, cpuinfo, cpuinfo_v6, records, args = argv[0], argv[1], argv[2], argv[3], argv[4], argv[5:]
+    cpuinfo_v6 = "" if cpuinfo_v6 == "-" else cpuinfo_v6
+    persona = None
+    try:
+        at = subcommand_at(args)
+        sub = args[at] if at is not None else None
+        if sub == "exec" and mode == HOST:
+            try:
+                persona = exec_personality(args, at)
+            except Exception:  # noqa: BLE001 - an exec is never refused: no personality then
+                persona = None
+            run_runc(runc, args, persona)
+        if sub not in EDITED:
+            raise SpecError("no create/run subcommand")
+        result, persona = edit(bundle_of(args, at), cpuinfo, mode, cpuinfo_v6)
+        detail = "-"
+    except Exception as exc:  # fail open: runc runs with the spec as it was
+        result, detail = "failed", type(exc).__name__
+    record(records, result, detail)
+    run_runc(runc, args, persona)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) < 4:
-        sys.stderr.write("usage: runtime_exec.py REAL_RUNC CPUINFO RECORDS RUNC-ARGS...\n")
+    if len(sys.argv) < 6:
+        sys.stderr.write("usage: runtime_exec.py daemon|host REAL_RUNC CPUINFO CPUINFO_V6|- RECORDS RUNC-ARGS...\n")
         sys.exit(2)
     main(sys.argv[1:])

@@ -15,6 +15,8 @@ if [ "$want_tests" = 1 ]; then
     # curl: the TLS scrape; openssl: test certificates.
     # mmdebstrap: the packaging tests build and install the .deb in Debian 12 and 13 chroots.
     packages+=(qemu-user-static shellcheck openssl curl iproute2 procps mmdebstrap)
+    # binutils: readelf, the independent oracle of the ARM build-attributes reader's tests.
+    packages+=(binutils)
     # docker-compose: an Engine-API client for the runtime wrapper's tests (Debian 12: 1.29, Python).
     packages+=(docker-compose)
     # The arm64 end-to-end run (make e2e-arm64): QEMU system emulation, qemu-user binfmt for the
@@ -47,6 +49,30 @@ if [ "$want_tests" = 1 ]; then
             && for deb in ./*.deb; do dpkg -x "$deb" .; done && rm -f ./*.deb) \
             || echo "setup: could not fetch promtool (apt-get download promtool or prometheus); its tests will say so"
         [ -x .cache/promtool/usr/bin/promtool ] || echo "setup: no promtool in the downloaded package" >&2
+    fi
+fi
+
+if [ "$want_tests" = 1 ]; then
+    # A 32-bit userland for the runtime wrapper's host-mode tests (i386 stands in for armhf on x86, as
+    # amd64 does for arm64): Debian's busybox-static for i386, fetched with a private apt state so the
+    # host's dpkg never gains the architecture (as e2e/build-payload.sh does for armhf).
+    if [ "$(uname -m)" = x86_64 ] && [ ! -x .cache/i386/bin/busybox ]; then
+        apt_dir=$(mktemp -d)
+        mkdir -p "$apt_dir/state/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/etc/apt.conf.d" \
+                 "$apt_dir/etc/preferences.d" "$apt_dir/etc/sources.list.d" .cache/i386
+        touch "$apt_dir/state/status"
+        . /etc/os-release
+        echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $VERSION_CODENAME main" \
+            > "$apt_dir/etc/sources.list"
+        apt_private=(-q -o Dir::Etc="$apt_dir/etc" -o Dir::State="$apt_dir/state" -o Dir::State::status="$apt_dir/state/status"
+                     -o Dir::Cache="$apt_dir/cache" -o APT::Architecture=i386 -o APT::Architectures::=i386
+                     -o APT::Sandbox::User=root)
+        if apt-get "${apt_private[@]}" update >/dev/null && (cd "$apt_dir" && apt-get "${apt_private[@]}" download busybox-static >/dev/null); then
+            dpkg-deb -x "$apt_dir"/busybox-static_*_i386.deb .cache/i386
+        else
+            echo "setup: could not fetch busybox-static:i386; the host-mode wrapper tests will say so" >&2
+        fi
+        rm -rf "$apt_dir"
     fi
 fi
 

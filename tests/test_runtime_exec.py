@@ -75,7 +75,7 @@ def test_a_spec_with_its_own_cpuinfo_is_left_alone_however_the_target_is_spelled
     doc = spec(mounts=[{"destination": destination, "type": "bind", "source": "/mine", "options": ["rbind"]}])
     b = bundle(tmp_path, doc)
     before = (b / "config.json").read_bytes()
-    assert runtime_exec.edit(str(b), CPUINFO) == "own-mount"
+    assert runtime_exec.edit(str(b), CPUINFO)[0] == "own-mount"
     assert (b / "config.json").read_bytes() == before
 
 
@@ -83,7 +83,7 @@ def test_a_spec_with_its_own_cpuinfo_is_left_alone_however_the_target_is_spelled
                                             (ARM64, "arm64"), (b"not an elf at all", "injected")])
 def test_only_a_64_bit_arm_userland_keeps_the_kernels_cpuinfo(tmp_path, init, expected):
     b = bundle(tmp_path, spec(), init)
-    assert runtime_exec.edit(str(b), CPUINFO) == expected
+    assert runtime_exec.edit(str(b), CPUINFO)[0] == expected
     mounts = json.loads((b / "config.json").read_text())["mounts"]
     added = [m for m in mounts if m["destination"] == "/proc/cpuinfo"]
     if expected == "injected":
@@ -102,7 +102,7 @@ def test_the_program_is_found_through_path_and_symlinks_inside_the_rootfs_only(t
     # Absolute and relative links resolve against the rootfs, never the host.
     (root / "usr" / "local" / "bin" / "busybox").symlink_to("/opt/link")
     (root / "opt" / "link").symlink_to("../../../../../opt/busybox")
-    assert runtime_exec.edit(str(b), CPUINFO) == "arm64"
+    assert runtime_exec.edit(str(b), CPUINFO)[0] == "arm64"
 
 
 @pytest.mark.parametrize("plant", ["loop", "fifo", "directory", "escape", "host-absolute", "device"])
@@ -127,16 +127,16 @@ def test_a_hostile_rootfs_cannot_hang_or_mislead_the_editor(tmp_path, plant):
     elif plant == "device":
         os.mknod(init, 0o600 | 0o020000, os.makedev(1, 3))      # /dev/null's numbers
     # Undecidable: the armhf daemon's default, the cpuinfo is added; nothing blocks, nothing escapes.
-    assert runtime_exec.edit(str(b), CPUINFO) == "injected"
+    assert runtime_exec.edit(str(b), CPUINFO)[0] == "injected"
 
 
 def test_a_script_is_judged_by_its_interpreter_and_docker_init_by_the_command_after_it(tmp_path):
     b = bundle(tmp_path, spec(args=["/entrypoint.sh"]), init=None)
     (b / "rootfs" / "entrypoint.sh").write_bytes(b"#!/bin/dash -e\necho hi\n")
     (b / "rootfs" / "bin" / "dash").write_bytes(ARM64)
-    assert runtime_exec.edit(str(b), CPUINFO) == "arm64"
+    assert runtime_exec.edit(str(b), CPUINFO)[0] == "arm64"
     b2 = bundle(tmp_path / "2", spec(args=["/sbin/docker-init", "--", "/bin/sh"]), init=ARM64)
-    assert runtime_exec.edit(str(b2), CPUINFO) == "arm64"
+    assert runtime_exec.edit(str(b2), CPUINFO)[0] == "arm64"
 
 
 # -- the JSON codec, against the json module as an independent oracle ----------------------------------
@@ -176,7 +176,8 @@ def fake_runc(tmp_path):
 
 
 def editor(runc, records, *args, env=None, timeout=30):
-    return subprocess.run([sys.executable, "-I", "-S", runtime_exec.__file__, str(runc), CPUINFO, str(records), *args],
+    return subprocess.run([sys.executable, "-I", "-S", runtime_exec.__file__, "daemon", str(runc), CPUINFO, "-",
+                           str(records), *args],
                           capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -285,7 +286,7 @@ def test_the_wrapper_edits_create_and_run_and_passes_everything_else_through(tmp
     call = log.read_text().strip()
     if edited:
         assert r.returncode == 4 and call.startswith("editor -I -S -c import os, sys")
-        assert call.endswith(" ".join(["", str(real), CPUINFO, "/run/r", *argv]))
+        assert call.endswith(" ".join(["", "daemon", str(real), CPUINFO, "-", "/run/r", *argv]))
     else:
         assert r.returncode == 3 and call == " ".join(["runc", *argv])
 
@@ -304,7 +305,7 @@ def test_record_lines_parse_and_garbage_does_not(tmp_path):
     assert parse_record(b"1 1700000000 failed JSONDecodeError").detail == "JSONDecodeError"
     for bad in (b"", b"2 1 injected -", b"1 x injected -", b"1 1 exploded -", b"1 1 failed a b", b"1 1 failed $(x)"):
         assert parse_record(bad) is None, bad
-    assert runtime.RESULTS == ("injected", "own-mount", "arm64", "failed")
+    assert runtime.RESULTS == ("injected", "injected-v6", "own-mount", "arm64", "failed")
 
 
 def test_a_device_or_fifo_in_the_rootfs_is_never_opened(tmp_path, monkeypatch):
@@ -341,3 +342,133 @@ def test_a_damaged_install_still_starts_containers_with_runc_unchanged(tmp_path,
     r = subprocess.run([DASH, str(wrapper), *argv], capture_output=True, text=True, timeout=30)
     assert r.returncode == 3, r.stderr
     assert log.read_text().strip() == " ".join(["runc", *argv])
+
+
+# -- the host's own daemon (mode host): 32-bit userlands only, ARMv6 told from ARMv7 ------------------------
+
+def arm_elf_with_attributes(cpu_arch: int | None, cpu_name: str = "ARM1176JZF-S") -> bytes:
+    """A 32-bit little-endian ARM ELF with a .ARM.attributes section (ARM IHI 0045) saying Tag_CPU_arch
+    (None: no attributes section at all), as a compiler writes one: CPU name, arch, ISA use, a
+    compatibility entry (a ULEB and a string)."""
+    def uleb(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            byte, n = n & 0x7F, n >> 7
+            out.append(byte | (0x80 if n else 0))
+            if not n:
+                return bytes(out)
+    sections = [b"", b""]        # null section, .shstrtab last
+    names = b"\0.shstrtab\0.ARM.attributes\0"
+    if cpu_arch is not None:
+        attrs = uleb(5) + cpu_name.encode() + b"\0" + uleb(32) + uleb(0) + b"\0" + uleb(6) + uleb(cpu_arch) \
+            + uleb(8) + uleb(1) + uleb(9) + uleb(2)
+        file_tag = bytes([1]) + struct.pack("<I", 5 + len(attrs)) + attrs
+        sub = b"aeabi\0" + file_tag
+        attributes = b"A" + struct.pack("<I", 4 + len(sub)) + sub
+    body = bytearray(52)
+    offsets = []
+    blobs = [names] + ([attributes] if cpu_arch is not None else [])
+    for blob in blobs:
+        offsets.append(len(body))
+        body += blob
+    while len(body) % 4:
+        body.append(0)
+    shoff = len(body)
+    headers = [bytes(40)]
+    headers.append(struct.pack("<IIIIIIIIII", 1, 3, 0, 0, offsets[0], len(names), 0, 0, 1, 0))        # .shstrtab
+    if cpu_arch is not None:
+        headers.append(struct.pack("<IIIIIIIIII", 11, 0x70000003, 0, 0, offsets[1], len(attributes), 0, 0, 1, 0))
+    body += b"".join(headers)
+    ident = b"\x7fELF" + bytes([1, 1, 1, 0]) + bytes(8)
+    header = ident + struct.pack("<HHIIIIIHHHHHH", 2, 40, 1, 0x10000, 0, shoff, 0x05000400, 52, 32, 0, 40,
+                                 len(headers), 1)
+    body[:52] = header
+    return bytes(body)
+
+
+@pytest.mark.skipif(shutil.which("readelf") is None, reason="readelf (binutils) not installed")
+@pytest.mark.parametrize("cpu_arch, readelf_says", [(6, "v6"), (7, "v6KZ"), (8, "v6T2"), (9, "v6K"), (10, "v7"),
+                                                    (3, "v5T"), (14, "v8")])
+def test_tag_cpu_arch_is_read_as_binutils_reads_it(tmp_path, cpu_arch, readelf_says):
+    path = tmp_path / "prog"
+    path.write_bytes(arm_elf_with_attributes(cpu_arch))
+    shown = subprocess.run(["readelf", "-A", str(path)], capture_output=True, text=True).stdout
+    assert f"Tag_CPU_arch: {readelf_says}\n" in shown, shown          # the oracle agrees with our file ...
+    assert runtime_exec.arm_cpu_arch(str(path)) == cpu_arch            # ... and so does the reader
+
+
+def test_a_file_without_attributes_or_with_garbage_says_nothing(tmp_path):
+    plain = tmp_path / "plain"
+    plain.write_bytes(arm_elf_with_attributes(None))
+    assert runtime_exec.arm_cpu_arch(str(plain)) is None
+    good = arm_elf_with_attributes(6)
+    for cut in (60, len(good) - 30, len(good) - 1):
+        (tmp_path / "cut").write_bytes(good[:cut])
+        assert runtime_exec.arm_cpu_arch(str(tmp_path / "cut")) is None
+    assert runtime_exec.arm_cpu_arch(str(tmp_path / "nowhere")) is None
+
+
+V6, V7 = "/hijacked-armv6-cpuinfo", CPUINFO
+
+
+@pytest.mark.parametrize("init, expected", [
+    (I386, ("injected", "linux32", V7)),
+    (ARM32, ("injected", "linux32", V7)),
+    (arm_elf_with_attributes(10), ("injected", "linux32", V7)),
+    (arm_elf_with_attributes(6), ("injected-v6", "linux32", V6)),
+    (arm_elf_with_attributes(9), ("injected-v6", "linux32", V6)),
+    (X86_64, ("arm64", None, None)),
+    (ARM64, ("arm64", None, None)),
+    (b"#!/bin/bash\n", ("arm64", None, None)),           # undecidable: the host daemon's own kind, left alone
+])
+def test_the_host_daemon_changes_only_32_bit_userlands(tmp_path, init, expected):
+    b = bundle(tmp_path, spec(), init)
+    spec_doc = json.loads((b / "config.json").read_text())
+    assert runtime_exec.decide(spec_doc, str(b), runtime_exec.HOST, V7, V6) == expected
+
+
+def test_the_armhf_daemon_gives_arm64_containers_back_their_own_personality(tmp_path):
+    b = bundle(tmp_path, spec(), ARM64)
+    assert runtime_exec.edit(str(b), CPUINFO) == ("arm64", "linux64")
+    b2 = bundle(tmp_path / "2", spec(), ARM32)
+    assert runtime_exec.edit(str(b2), CPUINFO) == ("injected", None)
+
+
+def test_a_32_bit_container_of_the_host_daemon_keeps_its_own_cpuinfo_but_gets_the_personality(tmp_path):
+    doc = spec(mounts=[{"destination": "/proc/cpuinfo", "type": "bind", "source": "/mine"}])
+    b = bundle(tmp_path, doc, I386)
+    assert runtime_exec.edit(str(b), V7, runtime_exec.HOST, V6) == ("own-mount", "linux32")
+
+
+def _runc_state(root: Path, cid: str, bundle_dir: Path) -> None:
+    (root / cid).mkdir(parents=True)
+    (root / cid / "state.json").write_text(json.dumps({"id": cid, "config": {"rootfs": str(bundle_dir / "rootfs"),
+                                                                             "labels": [f"bundle={bundle_dir}"]}}))
+
+
+@pytest.mark.parametrize("init, persona", [(I386, "linux32"), (X86_64, None)])
+def test_exec_into_a_host_daemon_container_gets_its_personality(tmp_path, init, persona):
+    b = bundle(tmp_path, spec(), init)
+    _runc_state(tmp_path / "state", "c1", b)
+    argv = ["--root", str(tmp_path / "state"), "--log", "/l", "exec", "--process", "/p.json", "--detach",
+            "--pid-file", "/x.pid", "c1"]
+    assert runtime_exec.exec_personality(argv, runtime_exec.subcommand_at(argv)) == persona
+
+
+@pytest.mark.skipif(DASH is None, reason="needs dash (/bin/sh on Debian)")
+def test_the_host_wrapper_runs_runc_under_linux32_for_a_32_bit_container_and_records_it(tmp_path):
+    seen = tmp_path / "personality"
+    real = tmp_path / "real-runc"
+    real.write_text(f"#!/bin/sh\ncat /proc/self/personality > {seen}\n")
+    real.chmod(0o755)
+    b = bundle(tmp_path, spec(), I386)
+    records = tmp_path / "records"
+    records.touch()
+    wrapper = tmp_path / "runc"
+    wrapper.write_text(render_wrapper(str(real), V7, str(records), "0.0.0", mode="host", cpuinfo_v6=V6))
+    r = subprocess.run([DASH, str(wrapper), "create", "--bundle", str(b), "cid"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert int(seen.read_text(), 16) & 0xFF == 0x0008
+    assert parse_record(records.read_bytes().rstrip(b"\n")).result == "injected"
+    mounts = json.loads((b / "config.json").read_text())["mounts"]
+    assert mounts[-1]["destination"] == "/proc/cpuinfo" and mounts[-1]["source"] == V7
