@@ -150,6 +150,19 @@ systemctl daemon-reload""")
     assert "watchdog timeout" in container.exec("journalctl", "-u", UNIT, "--no-pager").stdout.lower()
     assert inner_dockerd_pid(container) == dockerd_pid, "dockerd should outlive the killed agent and be adopted"
 
+    # The agent exits on its own (a manual TERM of the main pid). If systemd runs ExecStop then, it does
+    # with $MAINPID unset (systemd.service(5)): systemd-stop must succeed doing nothing (it exited 2
+    # before: tests/test_cli.py runs it so). Either way the unit must not end failed.
+    agent_pid, restarts = container.prop(UNIT, "MainPID"), int(container.prop(UNIT, "NRestarts"))
+    since = container.exec("date", "+%Y-%m-%d %H:%M:%S").stdout.strip()
+    container.exec("kill", "-TERM", agent_pid)
+    container.wait_prop(UNIT, "NRestarts", lambda v: int(v) > restarts, 60)
+    container.wait_prop(UNIT, "ActiveState", "active", 60)
+    journal = container.exec("journalctl", "-u", UNIT, "--no-pager", "--since", since).stdout
+    told = "\n".join(line for line in journal.splitlines() if "systemd[1]" in line or "systemd-stop" in line)
+    assert "Deactivated successfully" in journal, told
+    assert "Control process exited" not in journal and "Failed with result" not in journal, told
+
     # Stop: the agent stops its dockerd.
     container.exec("systemctl", "stop", UNIT)
     assert container.prop(UNIT, "ActiveState") == "inactive"
