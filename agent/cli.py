@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -63,7 +64,18 @@ def cmd_run(args) -> int:
 
 
 def cmd_check_config(args) -> int:
+    from .host_docker import conflicts
+
     loaded = _load(args)
+    shared = conflicts(loaded.config)
+    if shared:
+        # A check of the host, not of the file's syntax: the host's docker.service (Docker's defaults and
+        # its daemon.json) beside the agent's own dockerd.
+        print(f"armhf-agent: invalid configuration ({len(shared)} problem{'s' if len(shared) != 1 else ''}):",
+              file=sys.stderr)
+        for problem in shared:
+            print(f"  {loaded.path or 'built-in defaults'}: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
     _check_profile_on_this_host(loaded)
     if args.effective:
         sys.stdout.write(effective_toml(loaded.config))
@@ -160,17 +172,38 @@ def cmd_uninstall_files(args) -> int:
     from .fsops import DisplacedStore
     from .managed import MANAGED_FILES, ManagedFile
 
+    from . import host_docker
+    from .managed import HOST_DROPINS
+
     config = _load(args, defaults_if_missing=True).config
     store = DisplacedStore(config.agent.state_dir)
     failed = 0
-    for spec in MANAGED_FILES:
+    # The host docker.service's drop-in first: once systemd forgot it, docker.service is restarted off the
+    # wrapper (announced), and only then are the wrapper and its files removed (a dockerd still naming the
+    # wrapper for BuildKit would fail its builds meanwhile).
+    removed_dropin = False
+    for spec in sorted(MANAGED_FILES, key=lambda s: s not in HOST_DROPINS):
         path = spec.path_of(config)
         try:
-            print(ManagedFile(spec, path, store, SystemClock()).remove())
+            done = ManagedFile(spec, path, store, SystemClock()).remove()
+            print(done)
         except OSError as exc:
             failed += 1
             print(f"armhf-agent uninstall-files: {spec.name} {exc.filename or path}: {exc.strerror or exc}",
                   file=sys.stderr)
+            continue
+        removed_dropin |= spec in HOST_DROPINS and done.startswith("removed")
+        if spec is HOST_DROPINS[-1] and removed_dropin:
+            systemctl = host_docker.Systemctl()
+            systemctl.daemon_reload()
+            if host_docker.wiring(config, systemctl).uses_wrapper:
+                restarted = host_docker.units(config)
+                print(f"restarting {' and '.join(restarted)} off the runtime wrapper (docker's running containers "
+                      "restart with it)", flush=True)
+                try:
+                    systemctl.run("restart", *restarted, timeout=300)
+                except Exception as exc:  # noqa: BLE001 - removal goes on; the message says what is left
+                    print(f"armhf-agent uninstall-files: restart {' '.join(restarted)} by hand: {exc}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -203,6 +236,87 @@ def cmd_demo(args) -> int:
 
     setup_logging(args.debug)
     return run_demo(args.dir)
+
+
+def cmd_host_docker(args) -> int:
+    """Turns the host_docker mode on or off in the config file, has the running agent reload it (it
+    then wires or unwires docker.service and restarts it), and waits until that is done."""
+    import signal
+    import time
+
+    from . import host_docker
+    from .fsops import atomic_write
+    from .state import STATE_FILE, Snapshot
+    from .status import read_agent
+
+    loaded = _load(args)
+    config = loaded.config
+    if args.action == "status":
+        live = read_agent(config, "/proc")
+        h = live.snapshot.host_docker if live.running else None
+        if h is None:
+            print(f"armhf-agent host-docker: agent not running ({live.problem}); config says "
+                  f"{'on' if config.host_docker.enabled else 'off'}")
+            return 3
+        state = "on" if h.enabled else "off"
+        print(f"host-docker: {state}; {h.unit}: " + ("wired (dockerd pid %s)" % h.pid if h.wired else
+                                                     "not wired") + (f"; {h.problem}" if h.problem else ""))
+        return 0 if h.wired == h.enabled and not h.problem else 1
+    if not loaded.path:
+        print("armhf-agent host-docker: no config file to change (pass --config)", file=sys.stderr)
+        return EXIT_CONFIG
+    want = args.action == "on"
+    text = host_docker.with_enabled(loaded.source_text, want)
+    candidate = load_config_text(text, loaded.path)
+    shared = host_docker.conflicts(candidate.config)
+    if shared:
+        print("armhf-agent host-docker: not turned on:", file=sys.stderr)
+        for problem in shared:
+            print(f"  {loaded.path}: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    live = read_agent(config, "/proc")
+    if not live.running:
+        print(f"armhf-agent host-docker: the agent is not running ({live.problem}): start it first "
+              "(systemctl start armhf-agent)", file=sys.stderr)
+        return 3
+    unit = candidate.config.host_docker.unit
+    print(f"host-docker {args.action}: {'wiring' if want else 'unwiring'} {unit}; it will be restarted "
+          "(its running containers stop, and come back if their restart policy says so)", flush=True)
+    st = os.stat(loaded.path)
+    atomic_write(loaded.path, text.encode(), st.st_mode & 0o7777, st.st_uid, st.st_gid)
+    os.kill(live.snapshot.pid, signal.SIGHUP)
+    deadline = time.monotonic() + args.timeout
+    state_path = os.path.join(config.agent.run_dir, STATE_FILE)
+    while time.monotonic() < deadline:
+        try:
+            with open(state_path, encoding="utf-8") as f:
+                h = Snapshot.from_dict(json.load(f)).host_docker
+        except (OSError, ValueError, TypeError):
+            h = None
+        if h is not None and h.enabled == want and h.wired == want and not h.problem:
+            print(f"host-docker {args.action}: {unit} " + (f"runs with the wrapper (dockerd pid {h.pid})" if want
+                                                           else "runs without the wrapper"))
+            return 0
+        time.sleep(0.5)
+    print(f"armhf-agent host-docker: {unit} not {'wired' if want else 'unwired'} within {args.timeout:g} s: "
+          f"{h.problem if h is not None and h.problem else 'see armhf-agent status and journalctl -u armhf-agent'}",
+          file=sys.stderr)
+    return 1
+
+
+def load_config_text(text: str, path: str) -> LoadedConfig:
+    """The config `text` would give, validated as if it were `path` (for a change before it is written)."""
+    import tempfile
+
+    folder = os.path.dirname(os.path.abspath(path))
+    with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".check-", suffix=".toml", delete=False) as f:
+        f.write(text)
+    try:
+        return load_config(f.name)
+    except ConfigError as exc:
+        raise ConfigError(path, [type(p)(p.where.replace(f.name, path), p.key, p.message) for p in exc.problems]) from None
+    finally:
+        os.unlink(f.name)
 
 
 def cmd_systemd_stop(args) -> int:
@@ -286,6 +400,17 @@ def build_parser() -> argparse.ArgumentParser:
     # systemd drops an empty $MAINPID (the agent already exited: an upgrade handover, a manual TERM).
     s.add_argument("pid", type=int, nargs="?", help="the agent's main pid ($MAINPID); absent when it already exited")
     s.set_defaults(func=cmd_systemd_stop)
+
+    s = sub.add_parser("host-docker", help="wire the host's own docker.service to a runtime wrapper (on), or not (off)",
+                       description="on: the host's arm64 docker.service gets the agent's runtime wrapper through a "
+                                   "systemd drop-in, so its 32-bit Arm containers and build steps see armv8l and an "
+                                   "ARMv7 (or ARMv6) cpuinfo; 64-bit ones are untouched. Sets [host_docker] enabled in "
+                                   "the config file, has the running agent reload it, which restarts docker.service, "
+                                   "and waits until it runs with (or without) the wrapper. off undoes all of it. "
+                                   "status shows the mode.")
+    s.add_argument("action", choices=("on", "off", "status"))
+    s.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for docker.service (default 180)")
+    s.set_defaults(func=cmd_host_docker)
 
     s = sub.add_parser("demo", help="run the agent for real on a demo config (system Docker as the payload)",
                        description="Lay out a demo under DIR (payload, config, sockets), print how to use it, "

@@ -171,6 +171,37 @@ class RuntimeSection(Section):
     _abs = field_validator("dir")(_absolute)
 
 
+class HostDockerSection(Section):
+    # The host's own docker.service wired to a runtime wrapper of its own (agent/host_docker.py): its
+    # 32-bit Arm containers see armv8l and an ARMv7/ARMv6 cpuinfo, its 64-bit ones are untouched. Opt-in.
+    enabled: bool = False
+    unit: str = "docker.service"
+    # The system containerd dockerd uses (its shims look runc up in containerd's PATH); "" when dockerd
+    # manages its own containerd.
+    containerd_unit: str = "containerd.service"
+    runtime_dir: str = "/var/lib/armhf-agent/host-runtime"
+    systemd_dir: str = "/etc/systemd/system"
+    daemon_json: str = "/etc/docker/daemon.json"
+    # The host daemon's runc; "" = the first `runc` on the default PATH (Debian: /usr/sbin/runc).
+    runc: str = ""
+
+    _abs = field_validator("runtime_dir", "systemd_dir", "daemon_json")(_absolute)
+
+    @field_validator("runc")
+    @classmethod
+    def _runc(cls, value: str) -> str:
+        return value if value == "" else _absolute(value)
+
+    @field_validator("unit", "containerd_unit")
+    @classmethod
+    def _unit(cls, value: str, info) -> str:
+        if value == "" and info.field_name == "containerd_unit":
+            return value
+        if not re.fullmatch(r"[A-Za-z0-9:_.\\@-]+\.service", value):
+            raise ValueError(f"must be a systemd service name such as docker.service, got {value!r}")
+        return value
+
+
 class MetricsSection(Section):
     listen: str = f"0.0.0.0:{DEFAULT_METRICS_PORT}"
     tls_cert: str = ""
@@ -274,6 +305,7 @@ class AgentConfig(BaseSettings):
     cpuinfo: CpuinfoSection = CpuinfoSection()
     shim: ShimSection = ShimSection()
     runtime: RuntimeSection = RuntimeSection()
+    host_docker: HostDockerSection = HostDockerSection()
     metrics: MetricsSection = MetricsSection()
 
     @model_validator(mode="after")
@@ -282,6 +314,11 @@ class AgentConfig(BaseSettings):
         if self.runtime.wrapper and (inside(self.runtime.dir, self.docker.root) or inside(self.docker.root, self.runtime.dir)):
             raise ValueError(f"runtime.dir {self.runtime.dir!r} and docker.root {self.docker.root!r} overlap: "
                              "install-docker replaces the payload's folder whole; give the wrapper a folder of its own")
+        h = self.host_docker
+        if h.enabled and (inside(h.runtime_dir, self.runtime.dir) or inside(self.runtime.dir, h.runtime_dir)
+                          or inside(h.runtime_dir, self.docker.root)):
+            raise ValueError(f"host_docker.runtime_dir {h.runtime_dir!r} must be apart from runtime.dir and "
+                             "docker.root: each wrapper has a folder of its own")
         return self
 
     @classmethod

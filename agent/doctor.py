@@ -26,8 +26,8 @@ from agent.aarch32 import (ARM_HOST_MACHINES, DEFAULT_BINFMT_ROOT, Aarch32Report
 from agent.config import AgentConfig
 from agent.elf import elf_info
 from agent.docker_api import peer_pid
-from agent import runtime
-from agent.managed import MANAGED_FILES, RUNTIME_WRAPPER
+from agent import host_docker, runtime
+from agent.managed import in_force
 from agent.processes import DEFAULT_PATH, read_cmdline, read_environ
 from agent.status import AgentLiveness, read_agent
 
@@ -392,8 +392,7 @@ def check_managed_files(config: AgentConfig, live: AgentLiveness) -> Check:
             return Check("managed-files", FAIL, "; ".join(bad), "see `armhf-agent status` and the agent's log")
         names = ", ".join(f"{f.name} ok" for f in live.snapshot.files) or "none reported"
         return Check("managed-files", PASS, f"{names} (per the running agent)")
-    paths = [spec.path_of(config) for spec in MANAGED_FILES
-             if spec is not RUNTIME_WRAPPER or config.runtime.wrapper]
+    paths = [spec.path_of(config) for spec in in_force(config)]
     missing = [p for p in paths if not os.path.lexists(p)]
     if missing:
         return Check("managed-files", WARN, f"agent not running; missing {', '.join(missing)}",
@@ -428,6 +427,27 @@ def check_runtime_wrapper(config: AgentConfig, root: HostRoot, live: AgentLivene
                      "and build steps miss the hijacked cpuinfo",
                      "systemctl reload armhf-agent (the agent restarts dockerd gracefully onto the wrapper)")
     return Check("runtime-wrapper", PASS, f"on; dockerd (pid {pid}) finds {path} first in its PATH")
+
+
+def check_host_docker(config: AgentConfig, root: HostRoot, live: AgentLiveness) -> Check:
+    """host_docker mode: off (the agent's own armhf dockerd only), or the host's docker.service running
+    with the wrapper, apart from the agent's own dockerd."""
+    h = config.host_docker
+    if not h.enabled:
+        return Check("host-docker", PASS, f"off: {h.unit} is left as it is (armhf-agent host-docker on wires it; "
+                     "docs/MULTIPLATFORM.md)")
+    shared = host_docker.conflicts(config)
+    if shared:
+        return Check("host-docker", FAIL, "; ".join(shared), "give the agent's own dockerd a socket, data-root, "
+                     "exec-root and pidfile of its own ([docker] host, data_root, exec_root, pidfile)")
+    if live.running:
+        s = live.snapshot.host_docker
+        if s.wired:
+            return Check("host-docker", PASS, f"on: {s.unit} (dockerd pid {s.pid}) runs with the wrapper")
+        return Check("host-docker", FAIL, f"on, but {s.problem or s.unit + ' runs without the wrapper'}",
+                     "armhf-agent host-docker on (restarts it onto the wrapper)")
+    return Check("host-docker", WARN, f"on in the config; the agent is not running to wire {h.unit}",
+                 "systemctl start armhf-agent")
 
 
 def check_cpuinfo_profile(config: AgentConfig, root: HostRoot, live: AgentLiveness) -> Check:
@@ -505,6 +525,7 @@ def run_checks(config: AgentConfig, root: HostRoot, config_error: str | None = N
         check_config(config_error),
         check_managed_files(config, live),
         check_runtime_wrapper(config, root, live),
+        check_host_docker(config, root, live),
         check_cpuinfo_profile(config, root, live),
         check_cgroups(root),
         check_overlay(root),

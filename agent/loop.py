@@ -24,16 +24,17 @@ from .dockerd import DockerdSpec, DockerdSupervisor, Timings
 from .fsops import DisplacedStore, atomic_write
 from .hijack import CpuinfoSource, containerd_variant_of_pid, daemon_view_stale
 from .instance import InstanceLock, InstanceLocked
-from . import runtime
+from . import host_docker, runtime
 from .fsops import ensure_private_dir
-from .managed import CPUINFO, MANAGED_FILES, RUNTIME_WRAPPER, SHIM, ManagedFile
+from .managed import (CPUINFO, HOST_CONTAINERD_DROPIN, HOST_CPUINFO_V6, HOST_CPUINFO_V7, HOST_DROPIN, HOST_DROPINS,
+                      HOST_FILES, HOST_WRAPPER, MANAGED_FILES, RUNTIME_WRAPPER, SHIM, ManagedFile, in_force)
 from .payload import unsafe_reason
 from .notify import Notifier
 from .processes import Processes
 from .ratelimit import RateLimitedLog
 from .shim_records import ensure_records_file, records_path
 from .shimfile import shim_client, shim_content
-from .state import BACKOFF, BLOCKED, RELOAD_RESULTS, RUNNING, STARTING, STATE_FILE, STOPPED, Snapshot
+from .state import BACKOFF, BLOCKED, RELOAD_RESULTS, RUNNING, STARTING, STATE_FILE, STOPPED, HostDockerState, Snapshot
 from .status import status_line
 from .updates import UPDATE_READY, Observation, PayloadTracker
 from .watch import FolderWatch
@@ -55,7 +56,7 @@ READY_STATES = (RUNNING, BLOCKED, BACKOFF)
 
 class Agent:
     def __init__(self, loaded: LoadedConfig, *, environ: dict[str, str] | None = None, clock=None,
-                 processes=None, notifier=None, metrics_factory=None, watch=None):
+                 processes=None, notifier=None, metrics_factory=None, watch=None, systemctl=None):
         self.environ = dict(os.environ if environ is None else environ)
         self.loaded = loaded
         self.config = loaded.config
@@ -88,6 +89,12 @@ class Agent:
                                             c.docker.log_file or None)
         self.tracker = PayloadTracker(c, self.clock)
         self.linux32 = aarch32.Linux32Gate(self.processes, self.clock, log)
+        self.systemctl = systemctl or host_docker.Systemctl()
+        self.host_cpuinfo = {HOST_CPUINFO_V7.name: CpuinfoSource(self._host_v7_profile(c), self.processes),
+                             HOST_CPUINFO_V6.name: CpuinfoSource("raspberrypi1", self.processes)}
+        self.host_wiring = host_docker.Wiring(None, False, False)
+        self.host_problem = ""
+        self._host_restart: str | None = None   # why docker.service is to be restarted (a reload changed the mode)
 
     @property
     def cpuinfo_file(self) -> ManagedFile:
@@ -102,9 +109,15 @@ class Agent:
         return self.files[RUNTIME_WRAPPER.name]
 
     def _published_files(self):
-        """The files that are part of this config: the runtime wrapper only while it is on (off, it is
-        kept absent, and not reported as a file that is "not ok")."""
-        return [f for f in self.files.values() if f is not self.wrapper_file or self.config.runtime.wrapper]
+        """The files that are part of this config: the runtime wrapper only while it is on, the host
+        docker.service's only while host_docker is (off, they are kept absent, not reported as "not ok")."""
+        shown = {spec.name for spec in in_force(self.config)}
+        return [f for f in self.files.values() if f.name in shown]
+
+    @staticmethod
+    def _host_v7_profile(config) -> str:
+        # The host daemon's ARMv7 view follows the configured device profile when that one is ARMv7.
+        return config.cpuinfo.profile if config.cpuinfo.variant == "v7" else "host"
 
     # -- reconfiguration ---------------------------------------------------------------------------
     def _apply_config(self, loaded: LoadedConfig) -> None:
@@ -116,6 +129,11 @@ class Agent:
         for spec in MANAGED_FILES:
             self.files[spec.name].retarget(spec.path_of(c), self.store)
         self.cpuinfo_source.reconfigure(c.cpuinfo.profile)
+        self.host_cpuinfo[HOST_CPUINFO_V7.name].reconfigure(self._host_v7_profile(c))
+        if c.host_docker != old.host_docker:
+            # The operator changed the mode (`armhf-agent host-docker on|off` reloads): the one case in which
+            # the agent restarts the host's docker.service, once its files are right.
+            self._host_restart = "on" if c.host_docker.enabled else "off"
         self.tracker.reconfigure(c)
         self.api.sock_path = c.docker.socket_path
         self.supervisor.log_path = c.docker.log_file or None
@@ -230,12 +248,15 @@ class Agent:
             problem = ensure_records_file(path, self.store, docker_group)
             if problem:
                 self.errors(f"records:{path}", logging.ERROR, "records: %s", problem)
+        self._want_host_docker(full_check)
+        dropin_before = self._dropin_signature()
         for f in self.files.values():
             problem = f.ensure()
             if problem is not None and f.write_error:
                 self.errors(f"write-{f.name}", logging.ERROR, "%s: %s (will retry)", f.name, f.write_error)
             elif problem is None:
                 self.errors.clear(f"write-{f.name}")
+        self._apply_host_docker(dropin_before != self._dropin_signature())
 
     def _want_wrapper(self, payload) -> None:
         """The runtime wrapper around the payload's runc. Its folder goes first in dockerd's PATH, which
@@ -258,6 +279,101 @@ class Agent:
             wrapper.set_desired(None, f"its folder is not safe to put first in dockerd's PATH: {unsafe}", absent=True)
             return
         wrapper.set_desired(runtime.render_wrapper(runc, c.cpuinfo.path, runtime.records_path(c), __version__).encode())
+
+    # -- the host's own docker.service (host_docker mode) -------------------------------------------
+    def _dropin_signature(self):
+        signature = []
+        for spec in HOST_DROPINS:
+            try:
+                st = os.lstat(spec.path_of(self.config))
+            except OSError:
+                signature.append(None)
+                continue
+            signature.append((st.st_ino, st.st_mtime_ns, st.st_size))
+        return signature
+
+    def _want_host_docker(self, full_check: bool) -> None:
+        c, h = self.config, self.config.host_docker
+        wrapper, v7, v6, dropin, cdropin = (self.files[s.name] for s in (HOST_WRAPPER, HOST_CPUINFO_V7, HOST_CPUINFO_V6,
+                                                                         HOST_DROPIN, HOST_CONTAINERD_DROPIN))
+        if (full_check or self._host_restart) and (h.enabled or os.path.lexists(wrapper.path)):
+            # systemctl is asked only while the mode is on or its files are still there.
+            self.host_wiring = host_docker.wiring(c, self.systemctl, self.processes.proc)
+        elif not h.enabled:
+            self.host_wiring = host_docker.Wiring(None, False, False)
+        if not h.containerd_unit:
+            cdropin.set_desired(None, "dockerd runs its own containerd ([host_docker] containerd_unit = \"\")",
+                                absent=True)
+        if not h.enabled:
+            for f in (dropin, cdropin):
+                f.set_desired(None, "off ([host_docker] enabled = false)", absent=True)
+            # The wrapper and its cpuinfo stay while the host's dockerd still runs with them in its PATH
+            # (BuildKit names the wrapper: removing it would fail the builds until docker.service restarts).
+            if not self.host_wiring.uses_wrapper:
+                for f in (wrapper, v7, v6):
+                    f.set_desired(None, "off ([host_docker] enabled = false)", absent=True)
+            self.host_problem = ""
+            return
+        problems = host_docker.conflicts(c)
+        runc = host_docker.host_runc(c)
+        if runc is None:
+            problems.append("no runc for the host's daemon on the default PATH: set [host_docker] runc")
+        if not problems:
+            try:
+                # A unit's drop-in folder may hold the operator's own drop-ins: made if missing, never re-moded.
+                for unit in host_docker.units(c):
+                    os.makedirs(os.path.dirname(host_docker.dropin_path(c, unit)), mode=0o755, exist_ok=True)
+                ensure_private_dir(h.runtime_dir)
+                unsafe = unsafe_reason(h.runtime_dir)
+                if unsafe:
+                    problems.append(f"{h.runtime_dir} is not safe to put first in {h.unit}'s PATH: {unsafe}")
+            except OSError as exc:
+                problems.append(f"cannot make {h.runtime_dir}: {exc.strerror or exc}")
+        if problems:
+            self.host_problem = "; ".join(problems)
+            for f in (wrapper, v7, v6, dropin, cdropin):
+                f.set_desired(None, self.host_problem)
+            return
+        for f in (v7, v6):
+            if full_check or f.desired is None:
+                try:
+                    f.set_desired(self.host_cpuinfo[f.name].render())
+                except CpuinfoError as exc:
+                    f.set_desired(None, f"cannot render: {exc}") if f.desired is None else \
+                        f.set_render_error(f"cannot render: {exc} (the last file rendered stays)")
+        wrapper.set_desired(runtime.render_wrapper(runc, v7.path, runtime.records_path(c), __version__, mode="host",
+                                                   cpuinfo_v6=v6.path).encode())
+        dropin.set_desired(host_docker.render_dropin(c, __version__).encode())
+        if h.containerd_unit:
+            cdropin.set_desired(host_docker.render_dropin(c, __version__, containerd=True).encode())
+        self.host_problem = "" if self.host_wiring.wired or self._host_restart else \
+            f"{self.host_wiring.describe(h.unit)}: `armhf-agent host-docker on` restarts it onto the wrapper"
+
+    def _apply_host_docker(self, dropin_changed: bool) -> None:
+        """systemd reads a changed drop-in on daemon-reload; docker.service itself is restarted only when a
+        reload changed the mode, once everything it will need is in place (or, turning it off, gone)."""
+        c = self.config
+        if dropin_changed:
+            err = self.systemctl.daemon_reload()
+            if err:
+                self.errors("daemon-reload", logging.ERROR, "host docker: systemctl daemon-reload failed: %s", err)
+                return
+            log.info("host docker: %s drop-ins %s; systemd reloaded", ", ".join(host_docker.units(c)),
+                     "written" if os.path.lexists(host_docker.dropin_path(c)) else "removed")
+        if not self._host_restart:
+            return
+        in_force_now = {spec.name for spec in in_force(c)}
+        ready = all(self.files[s.name].describe().ok for s in HOST_FILES if s.name in in_force_now) \
+            if c.host_docker.enabled else not any(os.path.lexists(s.path_of(c)) for s in HOST_DROPINS)
+        if not ready:
+            return
+        restarted = host_docker.units(c)
+        log.warning("host docker: restarting %s to turn the mode %s (docker's containers restart with it)",
+                    " and ".join(restarted), self._host_restart)
+        err = self.systemctl.restart(*restarted)
+        if err:
+            self.errors("host-restart", logging.ERROR, "host docker: cannot restart %s: %s", ", ".join(restarted), err)
+        self._host_restart = None
 
     def _configure_dockerd(self, payload) -> None:
         blocked = None
@@ -390,6 +506,9 @@ class Agent:
             exec_mode=self.exec_mode[0], exec_detail=self.exec_mode[1], reloads=dict(self.reloads),
             dockerd=self.supervisor.snapshot(self.platform), payload=self.tracker.describe(),
             files=tuple(f.describe() for f in self._published_files()), cpuinfo=self.cpuinfo_source.describe(),
+            host_docker=HostDockerState(enabled=self.config.host_docker.enabled, unit=self.config.host_docker.unit,
+                                        wired=self.host_wiring.wired, pid=self.host_wiring.pid,
+                                        problem=self.host_problem),
         )
 
     def _publish(self) -> bool:

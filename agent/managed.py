@@ -14,7 +14,7 @@ import stat
 from dataclasses import dataclass
 from typing import Callable
 
-from . import fsops, runtime
+from . import fsops, host_docker, runtime
 from .fsops import DisplacedStore
 from .state import REPAIR_REASONS, FileState
 
@@ -42,7 +42,27 @@ SHIM_MARKER = b"installed by armhf-agent"
 CPUINFO = ManagedSpec("cpuinfo", 0o644, CPUINFO_MARKER, lambda config: config.cpuinfo.path)
 SHIM = ManagedSpec("shim", 0o755, SHIM_MARKER, lambda config: config.shim.path)
 RUNTIME_WRAPPER = ManagedSpec("runtime-wrapper", 0o755, runtime.WRAPPER_MARKER, runtime.wrapper_path)
-MANAGED_FILES = (CPUINFO, SHIM, RUNTIME_WRAPPER)
+# The host's docker.service (host_docker mode): its own wrapper, the two cpuinfo views it mounts, the drop-in.
+HOST_WRAPPER = ManagedSpec("host-runtime-wrapper", 0o755, runtime.WRAPPER_MARKER, host_docker.wrapper_path)
+HOST_CPUINFO_V7 = ManagedSpec("host-cpuinfo-v7", 0o644, CPUINFO_MARKER,
+                              lambda c: host_docker.cpuinfo_path(c, host_docker.CPUINFO_V7))
+HOST_CPUINFO_V6 = ManagedSpec("host-cpuinfo-v6", 0o644, CPUINFO_MARKER,
+                              lambda c: host_docker.cpuinfo_path(c, host_docker.CPUINFO_V6))
+HOST_DROPIN = ManagedSpec("host-docker-dropin", 0o644, host_docker.DROPIN_MARKER, host_docker.dropin_path)
+HOST_CONTAINERD_DROPIN = ManagedSpec("host-containerd-dropin", 0o644, host_docker.DROPIN_MARKER,
+                                     host_docker.containerd_dropin_path)
+HOST_DROPINS = (HOST_DROPIN, HOST_CONTAINERD_DROPIN)
+HOST_FILES = (HOST_WRAPPER, HOST_CPUINFO_V7, HOST_CPUINFO_V6, *HOST_DROPINS)
+MANAGED_FILES = (CPUINFO, SHIM, RUNTIME_WRAPPER, *HOST_FILES)
+
+
+def in_force(config) -> tuple[ManagedSpec, ...]:
+    """The files this config keeps in place: the runtime wrapper while it is on, the host docker.service's
+    while host_docker is (the others are kept absent)."""
+    return tuple(spec for spec in MANAGED_FILES
+                 if not (spec is RUNTIME_WRAPPER and not config.runtime.wrapper)
+                 and not (spec in HOST_FILES and not config.host_docker.enabled)
+                 and not (spec is HOST_CONTAINERD_DROPIN and not config.host_docker.containerd_unit))
 
 
 @dataclass(frozen=True)

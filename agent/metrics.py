@@ -151,6 +151,9 @@ class AgentCollector(Collector):
                 repairs.add_metric([name, reason], counts.get(reason, 0))
         yield ok
         yield repairs
+        if snap.host_docker.enabled:
+            yield gauge("host_docker_wired", "1 when the host's own docker.service runs with the runtime wrapper "
+                        "first in its PATH (host_docker mode on)", 1 if snap.host_docker.wired else 0)
 
 
 class ShimRecordLike(Protocol):

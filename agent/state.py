@@ -59,6 +59,15 @@ class PayloadState:
 
 
 @dataclass(frozen=True)
+class HostDockerState:
+    enabled: bool = False                  # [host_docker] enabled
+    unit: str = ""
+    wired: bool = False                    # its dockerd runs with the wrapper first in PATH
+    pid: int | None = None                 # that dockerd's pid (docker.service's MainPID)
+    problem: str = ""                      # why the mode is not (fully) in force
+
+
+@dataclass(frozen=True)
 class FileState:
     name: str                              # "cpuinfo" | "shim"
     path: str
@@ -95,6 +104,7 @@ class Snapshot:
     payload: PayloadState = PayloadState()
     files: tuple[FileState, ...] = ()
     cpuinfo: CpuinfoState = CpuinfoState()
+    host_docker: HostDockerState = HostDockerState()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
@@ -111,4 +121,5 @@ class Snapshot:
         top["files"] = tuple(FileState(**known(FileState, f)) for f in data.get("files", ()))
         cpu = known(CpuinfoState, data.get("cpuinfo") or {})
         top["cpuinfo"] = CpuinfoState(**{k: tuple(v) if isinstance(v, list) else v for k, v in cpu.items()})
+        top["host_docker"] = HostDockerState(**known(HostDockerState, data.get("host_docker") or {}))
         return cls(**top)

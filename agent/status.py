@@ -81,6 +81,9 @@ def degradations(config: AgentConfig, snapshot: Snapshot, now: float) -> list[st
     for f in snapshot.files:
         if not f.ok:
             problems.append(f"{f.name} {f.path} not ok" + (f": {f.problem}" if f.problem else ""))
+    h = snapshot.host_docker
+    if h.enabled and (h.problem or not h.wired):
+        problems.append(f"host_docker: {h.problem or h.unit + ' runs without the wrapper'}")
     # Exec mode and daemon variant only mean something for an armhf payload; on a development host
     # the payload is a stand-in for the host's own architecture.
     if p.arch == "arm":
@@ -184,6 +187,10 @@ def render_human(report: StatusReport) -> str:
     lines.append("files: " + ("; ".join(files) or "none reported"))
     lines.append(f"cpuinfo: {_cpuinfo_line(s)}")
     lines.append(f"exec: {s.exec_mode}" + (f" ({s.exec_detail})" if s.exec_detail else ""))
+    if s.host_docker.enabled:
+        h = s.host_docker
+        lines.append(f"host docker: {h.unit} " + (f"wired (dockerd pid {h.pid})" if h.wired else "not wired")
+                     + (f": {h.problem}" if h.problem else ""))
     lines.append(f"metrics: {s.metrics_url or 'off'}")
     lines.extend(f"degraded: {problem}" for problem in report.problems)
     return "\n".join(lines) + "\n"
@@ -208,7 +215,7 @@ def render_json(report: StatusReport) -> dict[str, Any]:
         "problems": list(report.problems),
         "checked_at": report.now,
         "agent": None, "dockerd": None, "payload": None, "platform": None,
-        "files": [], "exec": None, "metrics_url": None, "cpuinfo": None,
+        "files": [], "exec": None, "metrics_url": None, "cpuinfo": None, "host_docker": None,
     }
     if s is None:
         return doc
@@ -229,6 +236,8 @@ def render_json(report: StatusReport) -> dict[str, Any]:
     doc["exec"] = {"mode": s.exec_mode, "detail": s.exec_detail}
     doc["cpuinfo"] = {"profile": s.cpuinfo.profile, "variant": s.cpuinfo.variant,
                       "features": list(s.cpuinfo.features), "hidden_features": list(s.cpuinfo.hidden_features)}
+    h = s.host_docker
+    doc["host_docker"] = {"enabled": h.enabled, "unit": h.unit, "wired": h.wired, "pid": h.pid, "problem": h.problem}
     doc["metrics_url"] = s.metrics_url or None
     return doc
 

@@ -505,7 +505,7 @@ def test_config_error_and_output_forms(tmp_path):
                           False, out, root)
     assert code == 1
     lines = out.getvalue().splitlines()
-    assert len(lines) == 14
+    assert len(lines) == 15
     assert "FAIL  config             /etc/armhf-agent/agent.toml:3: docker.health_failures: must be >= 1 (got 0)  " \
            "(fix: armhf-agent check-config lists every problem)" in lines
     assert lines[0] == "PASS  architecture       aarch64"
@@ -513,7 +513,7 @@ def test_config_error_and_output_forms(tmp_path):
     out = io.StringIO()
     doctor_command(config, None, True, out, root)
     checks = json.loads(out.getvalue())
-    assert [set(c) for c in checks] == [{"name", "verdict", "found", "fix"}] * 14
+    assert [set(c) for c in checks] == [{"name", "verdict", "found", "fix"}] * 15
     assert {"name": "config", "verdict": "PASS", "found": "valid", "fix": ""} in checks
 
 
@@ -654,6 +654,7 @@ def test_this_machine_end_to_end(base, tmp_path):
     assert verdicts == {"architecture": WARN, "aarch32-el0": WARN, "cpu": WARN, "payload": WARN,
                         "conflict-socket": PASS, "conflict-services": PASS, "metrics-port": PASS,
                         "shim-precedence": PASS, "config": PASS, "managed-files": WARN, "runtime-wrapper": PASS,
+                        "host-docker": PASS,
                         "cpuinfo-profile": PASS,
                         "cgroups": PASS, "overlayfs": PASS}, report
     assert code == 0

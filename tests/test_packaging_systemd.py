@@ -4,12 +4,16 @@ of Debian's docker.io binaries, as in tests/harness.py)."""
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
 import uuid
+from pathlib import Path
 
 import pytest
 
 import systemd_container
-from harness import have_docker, wait_for
+from harness import REPO, have_docker, wait_for
 from packaging_support import deb_field, release_debs, why_no_chroots
 from systemd_container import (INNER_DOCKER, UNIT, SystemdContainer, agent_state, assert_handover,
                                configure_for_test_dockerd, import_busybox, inner_dockerd_pid, install_stand_in_payload,
@@ -172,3 +176,69 @@ systemctl daemon-reload""")
     container.exec("apt-get", "remove", "-y", "armhf-agent")
     assert container.exec("test", "-e", "/usr/local/bin/docker", check=False).returncode == 1
     assert container.exec("test", "-f", "/etc/armhf-agent/agent.toml", check=False).returncode == 0
+
+
+def test_host_docker_mode_under_systemd(container, tmp_path):
+    """The host's own docker.service (Debian's, under this systemd) wired to the wrapper by `armhf-agent
+    host-docker on`: its 32-bit containers, exec'd processes and build steps see themselves 32-bit (i686
+    here, where an arm64 host says armv8l) and the ARMv7 cpuinfo; 64-bit ones are untouched; `off`
+    restores docker.service exactly. (i386 and amd64 userlands stand in for armhf and arm64 on x86.)"""
+    i386_busybox = REPO / ".cache" / "i386" / "bin" / "busybox"
+    assert i386_busybox.is_file(), "scripts/setup.sh --test fetches busybox-static:i386"
+    v1 = container.put(release_debs(RELEASE)["v1"], "/tmp/debs/v1")
+    container.exec("apt-get", "install", "-y", v1)
+    container.wait_prop(UNIT, "ActiveState", "active", 60)
+    # The agent's own dockerd apart from docker.service's paths (check-config insists), then docker.service.
+    container.sh("""sed -i 's|^host = "unix:///var/run/docker.sock"|host = "unix:///run/armhf-docker.sock"|;
+s|^data_root = "/var/lib/docker"|data_root = "/var/lib/armhf-docker"|;
+s|^exec_root = "/var/run/docker"|exec_root = "/run/armhf-docker"|;
+s|^pidfile = "/var/run/docker.pid"|pidfile = "/run/armhf-docker.pid"|' /etc/armhf-agent/agent.toml
+mkdir -p /etc/docker && printf '{"bridge": "none", "iptables": false}\\n' > /etc/docker/daemon.json
+systemctl unmask containerd.service docker.socket docker.service
+systemctl start docker.service
+systemctl reload armhf-agent""")
+    container.wait_prop("docker.service", "ActiveState", "active", 120)
+    before = container.exec("systemctl", "cat", "docker.service").stdout
+    # Images: the i386 and the amd64 busybox.
+    for name, busybox in (("bb32", i386_busybox), ("bb64", Path("/bin/busybox"))):
+        tree = tmp_path / name
+        (tree / "bin").mkdir(parents=True)
+        shutil.copy2(busybox, tree / "bin" / "busybox")
+        for applet in ("sh", "uname", "cat", "sleep", "grep", "head"):
+            (tree / "bin" / applet).symlink_to("busybox")
+        tar = tmp_path / f"{name}.tar"
+        subprocess.run(["tar", "-C", str(tree), "-cf", str(tar), "."], check=True)
+        container.exec(*INNER_DOCKER, "import", container.put(tar, "/tmp/img"), f"{name}:local")
+
+    def run(image, *cmd):
+        return container.exec(*INNER_DOCKER, "run", "--rm", "--network", "none", image, *cmd).stdout
+
+    assert run("bb32:local", "uname", "-m").strip() == "x86_64", "unwired: a 32-bit container sees the 64-bit host"
+    on = container.exec("armhf-agent", "host-docker", "on", check=False)
+    assert on.returncode == 0, on.stdout + on.stderr
+    assert "host-docker on: wiring docker.service; it will be restarted" in on.stdout, on.stdout
+    assert container.exec("test", "-f", "/etc/systemd/system/docker.service.d/50-armhf-agent.conf",
+                          check=False).returncode == 0
+    assert run("bb32:local", "uname", "-m").strip() == "i686"
+    assert "CPU architecture: 7" in run("bb32:local", "cat", "/proc/cpuinfo")
+    assert run("bb64:local", "uname", "-m").strip() == "x86_64"
+    assert "CPU architecture: 7" not in run("bb64:local", "cat", "/proc/cpuinfo")
+    # docker exec into a running 32-bit container gets the personality too.
+    cid = container.exec(*INNER_DOCKER, "run", "-d", "--network", "none", "bb32:local", "sleep", "600").stdout.strip()
+    assert container.exec(*INNER_DOCKER, "exec", cid, "uname", "-m").stdout.strip() == "i686"
+    container.exec(*INNER_DOCKER, "rm", "-f", cid)
+    # A build step (BuildKit, through dockerd's own runc lookup) of a 32-bit image.
+    container.sh("mkdir -p /tmp/ctx && printf 'FROM bb32:local\\nRUN uname -m > /seen\\n' > /tmp/ctx/Dockerfile")
+    container.exec("env", "DOCKER_BUILDKIT=1", *INNER_DOCKER, "build", "--network", "none", "-t", "seen32", "/tmp/ctx")
+    assert run("seen32", "cat", "/seen").strip() == "i686"
+    status = json.loads(container.exec("armhf-agent", "status", "--json", check=False).stdout)
+    assert status["host_docker"]["enabled"] and status["host_docker"]["wired"], status["host_docker"]
+
+    off = container.exec("armhf-agent", "host-docker", "off", check=False)
+    assert off.returncode == 0, off.stdout + off.stderr
+    assert container.exec("test", "-e", "/etc/systemd/system/docker.service.d/50-armhf-agent.conf",
+                          check=False).returncode == 1
+    assert container.exec("systemctl", "cat", "docker.service").stdout == before, "docker.service restored exactly"
+    assert run("bb32:local", "uname", "-m").strip() == "x86_64"
+    wait_for(lambda: container.exec("test", "-e", "/var/lib/armhf-agent/host-runtime/runc", check=False).returncode == 1,
+             60, 0.5, "the host wrapper removed once docker.service let go of it")
