@@ -36,6 +36,13 @@ EXIT_CONFIG = 78
 # know to run next to a Docker host (not node_exporter's 9100, not dockerd's conventional 9323).
 DEFAULT_METRICS_PORT = 9742
 
+# systemd/armhf-agent.service's WatchdogSec (tests/test_packaging.py holds the two together). The loop
+# pings at half of it, after a step; one step may wait out two health timeouts (dockerd's /_ping, then
+# /version of a new dockerd: agent/loop.py `_platform`) plus its file work, so a health timeout above this
+# bound lets a merely slow dockerd get the agent killed by the watchdog (issue 12).
+UNIT_WATCHDOG_SECONDS = 60
+HEALTH_TIMEOUT_MAX_SECONDS = 10.0
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -65,7 +72,7 @@ class DockerSection(Section):
     args: list[str] = []
     log_file: str = ""
     health_interval_seconds: float = Field(5.0, gt=0, le=3600)
-    health_timeout_seconds: float = Field(3.0, gt=0, le=600)
+    health_timeout_seconds: float = Field(3.0, gt=0)
     health_failures: int = Field(2, ge=1, le=100)
     start_timeout_seconds: float = Field(60.0, gt=0, le=3600)
     stop_timeout_seconds: float = Field(30.0, gt=0, le=3600)
@@ -75,6 +82,15 @@ class DockerSection(Section):
     update_settle_seconds: float = Field(2.0, ge=0, le=600)
 
     _abs = field_validator("root", "data_root", "exec_root", "pidfile")(_absolute)
+
+    @field_validator("health_timeout_seconds")
+    @classmethod
+    def _within_watchdog(cls, value: float) -> float:
+        if value > HEALTH_TIMEOUT_MAX_SECONDS:
+            raise ValueError(f"{value:g} is more than {HEALTH_TIMEOUT_MAX_SECONDS:g}: a step can wait for two "
+                             f"health timeouts and must end within half the unit's WatchdogSec="
+                             f"{UNIT_WATCHDOG_SECONDS}")
+        return value
 
     @field_validator("log_file")
     @classmethod

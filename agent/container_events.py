@@ -122,6 +122,29 @@ class ContainerEventCounter(Collector):
         """Accounts for one decoded event of the stream."""
         if event.get("Type") != "container":
             return
+        exited = self._handle(event)
+        if exited is None:
+            return
+        code, run, duration, cid = exited
+        oom = run.oom
+        if not oom and code == 128 + 9 and not run.kill_requested:
+            # A SIGKILL nobody asked for: often the kernel's OOM killer, but dockerd emits no `oom` event
+            # where the cgroup setup gives it no OOM notification (issue 12: this CI machine's), while
+            # the container's State.OOMKilled still says so. A --rm container may be gone already:
+            # then it stays "killed".
+            oom = self._oom_killed(cid)
+        with self._lock:
+            self._count_exit(classify(code, oom, run.kill_requested), duration)
+
+    def _oom_killed(self, cid: str) -> bool:
+        try:
+            return bool(((self._client_factory().inspect_container(cid, 5.0) or {}).get("State") or {}).get("OOMKilled"))
+        except Exception:  # noqa: BLE001 - gone (--rm), daemon busy: counted as killed, never a lost exit
+            return False
+
+    def _handle(self, event: dict[str, Any]):
+        """The bookkeeping under the lock; a container's exit is returned (exit code, its run, its
+        duration, its id) to be counted once the lock is released."""
         action = event.get("Action", "")
         cid = event.get("id") or event.get("Actor", {}).get("ID", "")
         t = event.get("timeNano") or int(event.get("time", 0)) * NS
@@ -146,7 +169,8 @@ class ContainerEventCounter(Collector):
                     code = int(event.get("Actor", {}).get("Attributes", {}).get("exitCode", ""))
                 except ValueError:
                     code = -1
-                self._count_exit(classify(code, run.oom, run.kill_requested), (t - run.started_ns) / NS)
+                return code, run, (t - run.started_ns) / NS, cid
+        return None
 
     def reconcile(self, containers: Iterable[dict[str, Any]], boundary_ns: int) -> None:
         """Accounts for what happened before `boundary_ns` from inspected containers (the output of

@@ -50,6 +50,17 @@ def test_all_errors_reported_at_once_with_line_and_key(tmp_path):
     assert len(exc.value.problems) == 6
 
 
+def test_a_health_timeout_the_watchdog_cannot_wait_for_is_refused(tmp_path):
+    f = tmp_path / "a.toml"
+    f.write_text("[docker]\nhealth_timeout_seconds = 10.0\n")
+    assert load_config(str(f)).config.docker.health_timeout_seconds == 10.0
+    f.write_text("[docker]\nhealth_timeout_seconds = 10.5\n")
+    r = cli("check-config", "--config", str(f))
+    assert r.returncode == EXIT_CONFIG and "Traceback" not in r.stderr
+    assert f"{f}:2: docker.health_timeout_seconds: 10.5 is more than 10" in r.stderr + r.stdout
+    assert "WatchdogSec=60" in r.stderr + r.stdout
+
+
 def test_toml_syntax_error_names_the_line(tmp_path):
     f = tmp_path / "a.toml"
     f.write_text('[docker]\nroot = "/opt/docker"\nhost = \n')

@@ -177,6 +177,38 @@ def test_events_count_each_run_once_with_its_duration():
     assert counter.tracked() == 0
 
 
+class InspectingClient:
+    """What ContainerEventCounter asks of a DockerApi when a run dies of a SIGKILL nobody asked for."""
+
+    def __init__(self, states: dict[str, dict]):
+        self.states, self.asked = states, []
+
+    def inspect_container(self, cid: str, timeout: float = 30) -> dict:
+        self.asked.append(cid)
+        if cid not in self.states:
+            raise OSError(f"404 no such container {cid}")       # a --rm container, gone before we asked
+        return self.states[cid]
+
+
+def test_a_sigkill_without_an_oom_event_is_oom_when_docker_says_so():
+    # Issue 12: on cgroup setups without OOM notifications dockerd sends no `oom` event, yet
+    # State.OOMKilled is true. The oracle is the inspected state the fake client hands out.
+    client = InspectingClient({"oomed": {"State": {"OOMKilled": True}}, "killed": {"State": {"OOMKilled": False}},
+                               "odd": {"State": None}})
+    registry = CollectorRegistry()
+    counter = ContainerEventCounter(lambda: client, lambda: NOW, registry)
+    for i, cid in enumerate(["oomed", "killed", "gone", "odd"]):
+        counter.handle(event("start", cid, NOW + i))
+        counter.handle(event("die", cid, NOW + i + 0.5, exitCode="137"))
+    counter.handle(event("start", "stopped", NOW + 10))
+    counter.handle(event("kill", "stopped", NOW + 10.1, signal="9"))
+    counter.handle(event("die", "stopped", NOW + 10.2, exitCode="137"))
+    counter.handle(event("start", "failed", NOW + 11))
+    counter.handle(event("die", "failed", NOW + 11.5, exitCode="1"))
+    assert exits(registry) == {"success": 0, "failure": 1, "oom": 1, "killed": 4, "unknown": 0}
+    assert client.asked == ["oomed", "killed", "gone", "odd"], "asked only for SIGKILLs nobody requested"
+
+
 def test_a_restarted_container_counts_as_a_new_run():
     counter, registry = new_counter()
     for e in [event("start", "a", NOW), event("die", "a", NOW + 1, exitCode="1"),

@@ -65,6 +65,15 @@ def test_locks_cover_the_declared_dependencies():
     assert {name(r) for r in pyproject["build-system"]["requires"]} <= build.keys()
 
 
+def test_the_configs_watchdog_bound_is_the_units():
+    from agent.config import HEALTH_TIMEOUT_MAX_SECONDS, UNIT_WATCHDOG_SECONDS
+    unit = (REPO / "systemd" / "armhf-agent.service").read_text()
+    assert re.search(r"^WatchdogSec=(\d+)$", unit, re.M).group(1) == str(UNIT_WATCHDOG_SECONDS)
+    assert (REPO / "packaging" / "debian" / "armhf-agent.service").read_text() == unit
+    # Two health timeouts and a margin for the step's file work fit in half the watchdog period.
+    assert 2 * HEALTH_TIMEOUT_MAX_SECONDS + 5 <= UNIT_WATCHDOG_SECONDS / 2
+
+
 def test_changelog_version_is_the_python_package_version():
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert changelog_version() == pyproject["project"]["version"]
