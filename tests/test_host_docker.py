@@ -7,7 +7,6 @@ dockerd; real files. The real docker.service under systemd is in test_packaging_
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest

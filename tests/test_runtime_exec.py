@@ -357,7 +357,6 @@ def arm_elf_with_attributes(cpu_arch: int | None, cpu_name: str = "ARM1176JZF-S"
             out.append(byte | (0x80 if n else 0))
             if not n:
                 return bytes(out)
-    sections = [b"", b""]        # null section, .shstrtab last
     names = b"\0.shstrtab\0.ARM.attributes\0"
     if cpu_arch is not None:
         attrs = uleb(5) + cpu_name.encode() + b"\0" + uleb(32) + uleb(0) + b"\0" + uleb(6) + uleb(cpu_arch) \
