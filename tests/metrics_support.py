@@ -12,7 +12,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.state import DockerdState, FileState, PayloadState, Snapshot
+from agent.state import DockerdState, FileState, HostDockerState, PayloadState, Snapshot
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -63,6 +63,7 @@ def realistic_snapshot(now: float) -> Snapshot:
         files=(FileState(name="cpuinfo", path="/hijacked-armhf-cpuinfo", ok=True, repairs={"missing": 2}),
                FileState(name="shim", path="/usr/local/bin/docker", ok=False, problem="content differs",
                          repairs={"content": 1})),
+        host_docker=HostDockerState(enabled=True, unit="docker.service", wired=True, pid=640),
     )
 
 
