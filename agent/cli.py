@@ -204,6 +204,16 @@ def cmd_uninstall_files(args) -> int:
                     systemctl.run("restart", *restarted, timeout=300)
                 except Exception as exc:  # noqa: BLE001 - removal goes on; the message says what is left
                     print(f"armhf-agent uninstall-files: restart {' '.join(restarted)} by hand: {exc}", file=sys.stderr)
+    from .dockerd import namespace_pin
+    from .launch import release_pin
+
+    pin = namespace_pin(config)
+    try:
+        if release_pin(pin):
+            print(f"released dockerd's mount namespace kept at {pin}")
+    except OSError as exc:
+        failed += 1
+        print(f"armhf-agent uninstall-files: {pin}: {exc.strerror or exc}", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -62,6 +62,11 @@ class DockerdSpec:
     socket_path: str
     pidfile: str
     containerd_pidfile: str      # the containerd dockerd manages (<exec-root>/containerd/containerd.pid)
+    # Bound over /run/containerd in dockerd's namespace so it manages its own containerd (agent/launch.py
+    # hide_system_containerd); None when docker.args name a containerd to use (--containerd).
+    containerd_state: str | None = None
+    # Where dockerd's mount namespace is kept, for the next dockerd to join (agent/launch.py enter_namespace).
+    namespace_pin: str | None = None
 
     @classmethod
     def from_config(cls, config, payload, environ: dict[str, str], path_first: tuple[str, ...] = (),
@@ -71,6 +76,8 @@ class DockerdSpec:
         d = config.docker
         argv = [payload.dockerd, "-H", d.host, "--data-root", d.data_root, "--exec-root", d.exec_root,
                 "--pidfile", d.pidfile]
+        if d.config_file:
+            argv += ["--config-file", d.config_file]
         if config.metrics.docker_metrics:
             argv += ["--metrics-addr", config.metrics.docker_metrics_listen]
         argv += list(d.args)
@@ -78,13 +85,25 @@ class DockerdSpec:
         env.update(extra_env or {})
         # The payload's folders first: dockerd finds containerd, runc, docker-init, docker-proxy on PATH.
         env["PATH"] = ":".join([*path_first, *payload.path_dirs(), env.get("PATH") or DEFAULT_PATH])
+        system_containerd = any(a == "--containerd" or a.startswith("--containerd=") for a in d.args)
         return cls(dockerd=payload.dockerd, argv=tuple(argv), env=tuple(sorted(env.items())),
                    personality=d.personality, cpuinfo=config.cpuinfo.path if config.cpuinfo.daemon else None,
                    socket_path=d.socket_path, pidfile=d.pidfile,
-                   containerd_pidfile=os.path.join(d.exec_root, "containerd", "containerd.pid"))
+                   containerd_pidfile=os.path.join(d.exec_root, "containerd", "containerd.pid"),
+                   containerd_state=None if system_containerd else os.path.join(config.agent.run_dir, "containerd"),
+                   namespace_pin=namespace_pin(config))
+
+    @property
+    def private_namespace(self) -> bool:
+        return self.cpuinfo is not None or self.containerd_state is not None
 
     def environ(self) -> dict[str, str]:
         return dict(self.env)
+
+
+def namespace_pin(config) -> str:
+    """Where dockerd's mount namespace is kept between dockerds (agent/launch.py enter_namespace)."""
+    return os.path.join(config.agent.run_dir, "ns", "dockerd")
 
 
 @dataclass
@@ -211,7 +230,20 @@ class DockerdSupervisor:
                               f"silent for {self.t.health_failures} pings")
         if mismatch:
             log.info("dockerd: adopted pid %d differs from the config (%s)", pid, mismatch)
+        self._keep_namespace(handle)
         return True
+
+    def _keep_namespace(self, handle: ProcessHandle) -> None:
+        """An adopted dockerd's mount namespace is kept for its successor (agent/launch.py: why), also
+        when an agent that did not keep it started that dockerd."""
+        spec = self.spec
+        if spec is None or spec.namespace_pin is None \
+                or self.processes.mount_ns(handle.pid) in (None, self.processes.mount_ns("self")):
+            return
+        err = self.processes.pin_namespace(handle, spec.namespace_pin)
+        if err:
+            log.warning("dockerd: cannot keep the mount namespace of pid %d at %s (its successor gets a new one): "
+                        "%s", handle.pid, spec.namespace_pin, err)
 
     def _mismatch(self, pid: int) -> str | None:
         """How a running dockerd differs from the spec: what restarting it would change."""
@@ -224,7 +256,7 @@ class DockerdSupervisor:
         if persona is not None and ((persona & PER_MASK) == PER_LINUX32) != (spec.personality == "linux32"):
             return "personality"
         private = self.processes.mount_ns(pid) != self.processes.mount_ns("self")
-        if private != (spec.cpuinfo is not None):
+        if private != spec.private_namespace:
             return "namespace"
         env = self.processes.environ(pid)
         wanted = spec.environ().get("PATH", "")
@@ -306,7 +338,7 @@ class DockerdSupervisor:
         assert spec is not None
         try:
             handle = self.processes.launch(list(spec.argv), dict(spec.env), spec.personality, spec.cpuinfo,
-                                           self.log_path)
+                                           spec.containerd_state, spec.namespace_pin, self.log_path)
         except OSError as exc:
             # -> BACKOFF: could not even spawn (exec failure is reported by the launcher's exit instead)
             self._schedule_retry(now, "exited", f"cannot spawn {spec.dockerd}: {exc}")

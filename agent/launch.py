@@ -5,8 +5,10 @@ from the packaged venv. It is a separate process rather than a preexec_fn becaus
 (HTTP server, event follower) and preexec_fn is not safe in a threaded parent. It execs, so dockerd keeps
 its pid and nothing of the launcher stays behind.
 
-  launch.py [--personality linux32] [--cpuinfo FILE] -- ARGV...   set up, then exec ARGV
+  launch.py [--personality linux32] [--cpuinfo FILE] [--containerd-state DIR] [--namespace PIN] -- ARGV...
+                                                                   set up, then exec ARGV
   launch.py --rebind PID --start-ticks N --cpuinfo FILE            swap the file dockerd's namespace shows
+  launch.py --pin PID --start-ticks N --namespace PIN              keep PID's mount namespace at PIN
   launch.py --personality linux32 --probe                          exit 0 iff the kernel accepts it
 
 Exit codes: 0 probe ok, 70 set-up failed (message on stderr), 71 personality refused (EINVAL:
@@ -19,6 +21,7 @@ imports them from here (agent.launch), so the script and its callers cannot disa
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import os
 import stat
 import sys
@@ -28,12 +31,18 @@ MS_RDONLY = 0x1
 MS_REMOUNT = 0x20
 MS_BIND = 0x1000
 MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
 MS_SLAVE = 1 << 19
 MNT_DETACH = 0x2
+NS_GET_NSTYPE = 0xB703        # ioctl_ns(2): _IO(0xb7, 0x3)
 # personality(2): the low byte is the execution domain; PER_LINUX32 makes an arm64 kernel answer
 # `uname -m` with armv8l (../shared/reference/platform.md, "uname -m: aarch64 vs armv8l").
 PER_LINUX32 = 0x0008
 PER_MASK = 0xFF
+# containerd's defaults.DefaultStateDir. dockerd uses a system containerd whenever its socket exists
+# there (moby cmd/dockerd/daemon_unix.go initContainerd, systemContainerdRunning: a bare Lstat), and
+# the shims of *any* containerd keep their sockets (s/) and runc's state (runc/<namespace>) under it.
+SYSTEM_CONTAINERD_STATE = "/run/containerd"
 EXIT_SETUP_FAILED = 70
 EXIT_PERSONALITY_REFUSED = 71
 
@@ -44,6 +53,7 @@ except OSError:
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
 libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 libc.personality.argtypes = [ctypes.c_ulong]
 
 
@@ -85,12 +95,156 @@ def bind_cpuinfo(path):
           "remount /proc/cpuinfo read-only")
 
 
-def private_namespace(path):
+def private_namespace():
     check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
     # rslave: host mounts still propagate in (new volumes, USB disks), ours never propagate out, so
     # the host's /proc/mounts stays clean of container mounts.
     check(libc.mount(None, b"/", None, MS_REC | MS_SLAVE, None), "make / rslave")
-    bind_cpuinfo(path)
+
+
+# -- one namespace for every dockerd the agent starts ------------------------------------------------
+# dockerd's mounts (each container's rootfs) live only in its namespace. A dockerd started in a fresh one
+# after a crash or an update, with --live-restore, finds the running containers but not their rootfs;
+# its clean-up rmdirs the empty `merged` folders it sees, which detaches those mounts in the old
+# namespace too (rmdir of another namespace's mount point, Linux >= 3.18), and `docker exec` into the
+# survivors then fails ("fork/exec /proc/self/exe: no such file or directory": runc starts its setns
+# process in the rootfs). So the namespace is kept at PIN (a bind of its nsfs file, as
+# `unshare --mount=FILE` does) and every later dockerd joins it, as docker.service's all share the host's.
+
+def mount_points():
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        return {line.split()[4].replace("\\040", " ") for line in f}
+
+
+def open_pin(pin):
+    """The mount namespace kept at `pin`, as an open descriptor, or None (no pin, or not a live one)."""
+    try:
+        fd = os.open(pin, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if fcntl.ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWNS:
+            return fd
+    except OSError:
+        pass          # ENOTTY: a plain file, the pin's mount point without its mount
+    os.close(fd)
+    return None
+
+
+def pin_namespace(ns_fd, pin):
+    """Binds the namespace `ns_fd` at `pin`, from the namespace this process is in; the reason if it
+    cannot. The pin's folder is a private mount of its own: a pin propagated into the namespace it pins
+    would be a loop. The bind goes onto a descriptor of a regular file: never through a symlink."""
+    try:
+        os.makedirs(os.path.dirname(pin), mode=0o700, exist_ok=True)
+        # mountinfo names the real path (a run_dir under /var/run is under /run there).
+        folder = os.path.realpath(os.path.dirname(pin))
+        pin = os.path.join(folder, os.path.basename(pin))
+        if folder not in mount_points() and libc.mount(folder.encode(), folder.encode(), None, MS_BIND, None) != 0:
+            return f"bind {folder} on itself: {os.strerror(ctypes.get_errno())}"
+        if libc.mount(None, folder.encode(), None, MS_PRIVATE, None) != 0:
+            return f"make {folder} private: {os.strerror(ctypes.get_errno())}"
+        for _ in range(16):
+            if pin not in mount_points():
+                break
+            if libc.umount2(pin.encode(), MNT_DETACH) != 0:
+                return f"unmount the old {pin}: {os.strerror(ctypes.get_errno())}"
+        fd = os.open(pin, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        return f"{pin}: {exc.strerror} (it must be a regular file)"
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return f"{pin} is not a regular file"
+        if libc.mount(f"/proc/self/fd/{ns_fd}".encode(), f"/proc/self/fd/{fd}".encode(), None, MS_BIND, None) != 0:
+            return f"keep the namespace at {pin}: {os.strerror(ctypes.get_errno())}"
+        return None
+    finally:
+        os.close(fd)
+
+
+def release_pin(pin):
+    """Lets go of the namespace kept at `pin` (package removal); False if nothing was kept there."""
+    folder = os.path.realpath(os.path.dirname(pin))
+    pin = os.path.join(folder, os.path.basename(pin))
+    released = False
+    while pin in mount_points() and libc.umount2(pin.encode(), MNT_DETACH) == 0:
+        released = True
+    while folder in mount_points() and libc.umount2(folder.encode(), MNT_DETACH) == 0:
+        pass
+    return released
+
+
+def enter_namespace(pin):
+    """Joins the namespace kept at `pin`, or makes a new one and keeps it there. True: joined."""
+    fd = open_pin(pin)
+    if fd is not None:
+        check(libc.setns(fd, CLONE_NEWNS), f"join the namespace kept at {pin}")
+        os.close(fd)
+        return True
+    host = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    private_namespace()
+    ours = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    check(libc.setns(host, CLONE_NEWNS), "return to the host's namespace")
+    problem = pin_namespace(ours, pin)
+    check(libc.setns(ours, CLONE_NEWNS), "re-enter the new namespace")
+    if problem:
+        # dockerd starts all the same; only a successor's view of its mounts is at stake.
+        sys.stderr.write(f"armhf-agent launch: not keeping dockerd's namespace: {problem}\n")
+    os.close(host)
+    os.close(ours)
+    return False
+
+
+def pin_running(pid, ticks, pin):
+    """Keeps the namespace of a running dockerd (one adopted from an agent that did not keep it)."""
+    try:
+        fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        die(EXIT_SETUP_FAILED, f"open the mount namespace of pid {pid}: {exc.strerror}")
+    if ticks is not None and start_ticks(pid) != ticks:
+        die(EXIT_SETUP_FAILED, f"pid {pid} is no longer the dockerd started at tick {ticks}; not pinning it")
+    kept = open_pin(pin)
+    if kept is not None:
+        same = os.fstat(kept).st_ino == os.fstat(fd).st_ino
+        os.close(kept)
+        if same:
+            return
+    problem = pin_namespace(fd, pin)
+    if problem:
+        die(EXIT_SETUP_FAILED, problem)
+
+
+def open_root_dir(path):
+    """An O_PATH descriptor of `path`, created (0711, as containerd makes its own) if missing; it must be
+    a directory of root's itself, not a symlink to one."""
+    try:
+        os.mkdir(path, 0o711)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        die(EXIT_SETUP_FAILED, f"create {path}: {exc.strerror}")
+    try:
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        die(EXIT_SETUP_FAILED, f"open {path}: {exc.strerror} (it must be a directory, not a symlink)")
+    if os.fstat(fd).st_uid != 0:
+        die(EXIT_SETUP_FAILED, f"{path} is not root's; not using it")
+    return fd
+
+
+def hide_system_containerd(own):
+    """Binds `own` over /run/containerd in dockerd's namespace: dockerd then starts the payload's containerd
+    even where the host runs one (docker.io, containerd.io), instead of silently joining it (sharing its
+    "moby" namespace with the host's dockerd, and running containers with the host's runc, past the
+    payload's and the runtime wrapper). The folder is the same host folder at every launch, so shims a
+    previous dockerd left running (live-restore) are found again."""
+    src, dst = open_root_dir(own), open_root_dir(SYSTEM_CONTAINERD_STATE)
+    a, b = os.fstat(src), os.fstat(dst)
+    if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino):      # a kept namespace has it already
+        check(libc.mount(f"/proc/self/fd/{src}".encode(), f"/proc/self/fd/{dst}".encode(), None, MS_BIND, None),
+              f"bind {own} over {SYSTEM_CONTAINERD_STATE}")
+    os.close(src)
+    os.close(dst)
 
 
 def set_linux32():
@@ -118,6 +272,11 @@ def rebind(pid, path, ticks):
     if ticks is not None and start_ticks(pid) != ticks:
         die(EXIT_SETUP_FAILED, f"pid {pid} is no longer the dockerd started at tick {ticks}; not touching it")
     check(libc.setns(fd, CLONE_NEWNS), f"setns into the mount namespace of pid {pid}")
+    replace_cpuinfo(path)
+
+
+def replace_cpuinfo(path):
+    """In a namespace that may have a bind over /proc/cpuinfo already (a rebind, a kept namespace)."""
     # Refuse a bad source before touching the old mount: dockerd keeps seeing the old (hijacked) file.
     os.close(open_cpuinfo(path))
     # Peel off every bind over /proc/cpuinfo, down to procfs's own file (EINVAL: not a mount point), so
@@ -132,7 +291,7 @@ def rebind(pid, path, ticks):
 
 
 def main(argv):
-    personality = cpuinfo = rebind_pid = ticks = None
+    personality = cpuinfo = containerd_state = pin = rebind_pid = pin_pid = ticks = None
     probe = False
     args = list(argv)
     while args and args[0] != "--":
@@ -141,6 +300,12 @@ def main(argv):
             personality = args.pop(0)
         elif opt == "--cpuinfo":
             cpuinfo = args.pop(0)
+        elif opt == "--containerd-state":
+            containerd_state = args.pop(0)
+        elif opt == "--namespace":
+            pin = args.pop(0)
+        elif opt == "--pin":
+            pin_pid = int(args.pop(0))
         elif opt == "--rebind":
             rebind_pid = int(args.pop(0))
         elif opt == "--start-ticks":
@@ -153,8 +318,18 @@ def main(argv):
     if rebind_pid is not None:
         rebind(rebind_pid, cpuinfo, ticks)
         return 0
+    if pin_pid is not None:
+        pin_running(pin_pid, ticks, pin)
+        return 0
+    joined = False
+    if pin and (cpuinfo or containerd_state):
+        joined = enter_namespace(pin)
+    elif cpuinfo or containerd_state:
+        private_namespace()
     if cpuinfo:
-        private_namespace(cpuinfo)
+        (replace_cpuinfo if joined else bind_cpuinfo)(cpuinfo)
+    if containerd_state:
+        hide_system_containerd(containerd_state)
     if personality == "linux32":
         set_linux32()
     if probe:

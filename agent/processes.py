@@ -67,12 +67,16 @@ class Processes:
 
     # -- spawning ------------------------------------------------------------------------------------
     def launch(self, argv: list[str], env: dict[str, str], personality: str, cpuinfo: str | None,
-               log_path: str | None) -> ProcessHandle:
+               containerd_state: str | None, namespace_pin: str | None, log_path: str | None) -> ProcessHandle:
         options = []
         if personality == "linux32":
             options += ["--personality", "linux32"]
         if cpuinfo:
             options += ["--cpuinfo", cpuinfo]
+        if containerd_state:
+            options += ["--containerd-state", containerd_state]
+        if namespace_pin:
+            options += ["--namespace", namespace_pin]
         cmd = launcher_command(*options, "--", *argv)
         out = open(log_path, "ab") if log_path else None
         try:
@@ -99,6 +103,12 @@ class Processes:
         Its start time goes along: the helper refuses a pid reused by another process since."""
         r = subprocess.run(launcher_command("--rebind", str(handle.pid), "--start-ticks", str(handle.start_ticks),
                                             "--cpuinfo", path), capture_output=True, text=True)
+        return None if r.returncode == 0 else (r.stderr.strip() or f"exit {r.returncode}")
+
+    def pin_namespace(self, handle: ProcessHandle, pin: str) -> str | None:
+        """Keeps the mount namespace of the dockerd behind `handle` at `pin` (agent/launch.py pin_running)."""
+        r = subprocess.run(launcher_command("--pin", str(handle.pid), "--start-ticks", str(handle.start_ticks),
+                                            "--namespace", pin), capture_output=True, text=True)
         return None if r.returncode == 0 else (r.stderr.strip() or f"exit {r.returncode}")
 
     def adopt(self, pid: int) -> ProcessHandle | None:

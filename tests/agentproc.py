@@ -58,8 +58,9 @@ def agent_config(base: Path, **overrides) -> dict:
 
 class AgentProcess:
     def __init__(self, base: Path, config: dict | None = None, payload: bool = True, metrics: bool = False,
-                 extra_env: dict | None = None):
+                 extra_env: dict | None = None, prefix: tuple[str, ...] = ()):
         self.base = base
+        self.prefix = tuple(prefix)      # a command the agent runs under (it execs the agent: same pid)
         (base / "bin").mkdir(exist_ok=True)
         if payload and not (base / "payload").exists():
             make_payload(base / "payload")
@@ -85,7 +86,7 @@ class AgentProcess:
     def start(self) -> "AgentProcess":
         env = dict(os.environ, NOTIFY_SOCKET=self.notify.path, PYTHONPATH=str(REPO), **self.extra_env)
         env.pop("JOURNAL_STREAM", None)
-        cmd = [sys.executable, "-m", "agent", "--config", str(self.config_path), "run"]
+        cmd = [*self.prefix, sys.executable, "-m", "agent", "--config", str(self.config_path), "run"]
         if not self.metrics:
             cmd.append("--no-metrics")
         log = open(self.log_path, "ab")

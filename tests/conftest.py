@@ -1,12 +1,11 @@
 import os
 import shutil
-import subprocess
 import uuid
 
 import pytest
 
 from agentproc import AgentProcess
-from harness import Dockerd, have_docker, make_busybox_tar, new_base
+from harness import Dockerd, have_docker, make_busybox_tar, new_base, unmount_under
 
 requires_docker = pytest.mark.skipif(not have_docker(), reason="needs root and docker.io (dockerd)")
 
@@ -37,7 +36,7 @@ def pytest_runtest_makereport(item, call):
 def base():
     path = new_base()
     yield path
-    subprocess.run(["umount", "-R", "-l", str(path)], capture_output=True)
+    unmount_under(path)
     shutil.rmtree(path, ignore_errors=True)
 
 

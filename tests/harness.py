@@ -59,6 +59,16 @@ def new_base(prefix: str = "t") -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir=TEST_BASE))
 
 
+def unmount_under(path: Path | str) -> None:
+    """Detaches every mount at or below `path` in this namespace, deepest first (`umount -R` does nothing
+    when `path` itself is not a mount point: the agent's kept namespace and its folder are below it)."""
+    root = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        points = {line.split()[4].replace("\\040", " ") for line in f}
+    for point in sorted((p for p in points if p == root or p.startswith(root + "/")), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True)
+
+
 def make_payload(root: Path, copy_dockerd: bool = True) -> Path:
     """The stand-in for an armhf payload on x86: the system's own Docker binaries in root/bin.
     dockerd is copied (so /proc/PID/exe names the payload, as with a real payload); the rest are

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from harness import Dockerd, make_busybox_tar, new_base, wait_for
+from harness import Dockerd, make_busybox_tar, new_base, unmount_under, wait_for
 from packaging_support import SCRIPTS, run
 
 CAPS = ("CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SETPCAP LINUX_IMMUTABLE "
@@ -94,7 +94,7 @@ def systemd_host(release: str) -> Iterator[tuple[Dockerd, str, Path]]:
         yield dockerd, image, base
     finally:
         dockerd.stop()
-        subprocess.run(["umount", "-R", "-l", str(base)], capture_output=True)
+        unmount_under(base)
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -23,7 +23,7 @@ class FakeProcesses:
         self.signals: list[tuple[int, int]] = []
         self.launches = 0
 
-    def launch(self, argv, env, personality, cpuinfo, log_path):
+    def launch(self, argv, env, personality, cpuinfo, containerd_state, namespace_pin, log_path):
         self.next_pid += 1
         self.launches += 1
         self.status[self.next_pid] = None
@@ -237,11 +237,12 @@ class AdoptableProcesses(FakeProcesses):
         self.running = {77: exe}
         self.age = age
         self.pidfile_pid = pidfile_pid
-        self.proc = dict(cmdline=list(SPEC.argv), personality=0x0008, private=SPEC.cpuinfo is not None,
+        self.proc = dict(cmdline=list(SPEC.argv), personality=0x0008, private=SPEC.private_namespace,
                          environ={})
         self.proc.update(proc)
         self.status[77] = None
         self.removed: list[str] = []
+        self.pinned: list[tuple[int, str]] = []
 
     def read_pidfile(self, path):
         return self.pidfile_pid if path == SPEC.pidfile else None
@@ -279,6 +280,10 @@ class AdoptableProcesses(FakeProcesses):
 
     def remove_file(self, path):
         self.removed.append(path)
+
+    def pin_namespace(self, handle, pin):
+        self.pinned.append((handle.pid, pin))
+        return None
 
 
 def make_adopting(age=600.0, answering=True, **kw):

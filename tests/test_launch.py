@@ -15,6 +15,7 @@ import time
 import pytest
 
 from agent.processes import LAUNCHER
+from harness import unmount_under
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mount namespaces need root")
 
@@ -144,3 +145,125 @@ def test_rebind_refuses_a_pid_that_is_no_longer_the_dockerd_it_was_meant_for(con
                            capture_output=True, text=True)
     assert right.returncode == 0, right.stderr
     assert b"rewritten" in seen_by(pid)
+
+
+# -- the kept namespace (--namespace PIN): one mount namespace for every dockerd the agent starts ---------
+
+def ns_of(pid):
+    return os.readlink(f"/proc/{pid}/ns/mnt")
+
+
+def host_mount_points():
+    with open("/proc/self/mountinfo") as f:
+        return {line.split()[4] for line in f}
+
+
+@pytest.fixture
+def kept(tmp_path):
+    """Launches helpers with a pin under tmp_path; every pin and its folder are let go afterwards."""
+    procs = []
+    pin = tmp_path / "run" / "ns" / "dockerd"
+    cpuinfo = tmp_path / "hijacked"
+    cpuinfo.write_bytes(b"processor\t: 0\nCPU architecture: 7\n\n")
+
+    def launch(*command, pin=pin):
+        proc = subprocess.Popen(HELPER + ["--cpuinfo", str(cpuinfo), "--namespace", str(pin), "--", *command],
+                                stderr=subprocess.PIPE, text=True)
+        procs.append(proc)
+        return proc
+
+    yield launch, pin, cpuinfo
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+    unmount_under(tmp_path)
+
+
+def wait_mounted(proc):
+    deadline = time.monotonic() + 10
+    while not cpuinfo_mounts(proc.pid):
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_a_later_launch_joins_the_kept_namespace_once_the_first_is_gone(kept, tmp_path):
+    launch, pin, cpuinfo = kept
+    first = launch("/bin/sleep", "600")
+    wait_mounted(first)
+    ns = ns_of(first.pid)
+    assert ns != ns_of("self") and str(pin) in host_mount_points()
+    # A mount the first one made (a container's rootfs, for dockerd) ...
+    marker = tmp_path / "rootfs"
+    marker.mkdir()
+    subprocess.run(["nsenter", "-t", str(first.pid), "-m", "mount", "-t", "tmpfs", "rootfs", str(marker)], check=True)
+    first.kill()
+    first.wait()
+    # ... is there for the next one, which sees the file it was given (not a stacked or stale bind).
+    cpuinfo.write_bytes(b"processor\t: 0\nCPU architecture: 7\nsecond\n")
+    second = launch("/bin/sleep", "600")
+    wait_mounted(second)
+    assert ns_of(second.pid) == ns
+    assert str(marker) in {line.split()[4] for line in open(f"/proc/{second.pid}/mountinfo")}
+    assert str(marker) not in host_mount_points(), "the namespace's mounts still never reach the host"
+    assert seen_by(second.pid) == cpuinfo.read_bytes() and len(cpuinfo_mounts(second.pid)) == 1
+
+
+def test_a_pin_file_without_its_mount_gets_a_new_namespace_kept(kept):
+    launch, pin, _ = kept
+    pin.parent.mkdir(parents=True)
+    pin.write_bytes(b"")                      # a run_dir on a disk that outlived a reboot
+    proc = launch("/bin/sleep", "600")
+    wait_mounted(proc)
+    from agent.launch import open_pin
+    fd = open_pin(str(pin))
+    assert fd is not None and os.fstat(fd).st_ino == os.stat(f"/proc/{proc.pid}/ns/mnt").st_ino
+    os.close(fd)
+
+
+@pytest.mark.parametrize("planted", ["symlink", "directory", "fifo"])
+def test_a_planted_pin_is_never_bound_through_and_the_process_still_starts(kept, tmp_path, planted):
+    launch, pin, _ = kept
+    pin.parent.mkdir(parents=True)
+    target = tmp_path / "precious"
+    target.write_bytes(b"not a namespace\n")
+    if planted == "symlink":
+        pin.symlink_to(target)
+    elif planted == "directory":
+        pin.mkdir()
+    else:
+        os.mkfifo(pin)
+    proc = launch("/bin/sleep", "600")
+    wait_mounted(proc)
+    assert ns_of(proc.pid) != ns_of("self")
+    assert str(target) not in host_mount_points() and str(pin) not in host_mount_points()
+    assert target.read_bytes() == b"not a namespace\n"
+    proc.kill()
+    err = proc.stderr.read()
+    assert "not keeping dockerd's namespace" in err and str(pin) in err, err
+
+
+def test_pin_keeps_a_running_processs_namespace_and_release_lets_go(confined, tmp_path):
+    from agent.launch import open_pin, release_pin
+    from agent.processes import Processes
+
+    pid, _ = confined                       # started without --namespace: an agent that did not keep it
+    pin = tmp_path / "run" / "ns" / "dockerd"
+    try:
+        wrong = subprocess.run(HELPER + ["--pin", str(pid), "--start-ticks", str(Processes().start_ticks(pid) + 1),
+                                         "--namespace", str(pin)], capture_output=True, text=True)
+        assert wrong.returncode == 70 and open_pin(str(pin)) is None, "a reused pid's namespace is not kept"
+        for _ in range(2):                  # idempotent: the second finds it kept already
+            r = subprocess.run(HELPER + ["--pin", str(pid), "--start-ticks", str(Processes().start_ticks(pid)),
+                                         "--namespace", str(pin)], capture_output=True, text=True)
+            assert r.returncode == 0, r.stderr
+        assert [p for p in host_mount_points() if p == str(pin)] == [str(pin)]
+        fd = open_pin(str(pin))
+        assert os.fstat(fd).st_ino == os.stat(f"/proc/{pid}/ns/mnt").st_ino
+        os.close(fd)
+        assert release_pin(str(pin)) is True
+        assert open_pin(str(pin)) is None and str(pin) not in host_mount_points()
+        assert str(pin.parent) not in host_mount_points()
+        assert release_pin(str(pin)) is False
+    finally:
+        unmount_under(tmp_path)

@@ -20,7 +20,7 @@ import pytest
 
 from agentproc import AgentProcess, agent_config, pid_alive
 from conftest import requires_docker
-from harness import docker_cli, make_busybox_tar, wait_for
+from harness import docker_cli, make_busybox_tar, unmount_under, wait_for
 from tamper import TAMPERS
 
 pytestmark = [requires_docker, pytest.mark.dockerd, pytest.mark.slow]
@@ -41,7 +41,7 @@ def wrapped(tmp_path_factory):
         yield a
     finally:
         a.stop()
-        subprocess.run(["umount", "-R", "-l", str(base)], capture_output=True)
+        unmount_under(base)
 
 
 def hijacked(a: AgentProcess) -> str:
