@@ -41,6 +41,8 @@ DEFAULT_METRICS_PORT = 9742
 # /version of a new dockerd: agent/loop.py `_platform`) plus its file work, so a health timeout above this
 # bound lets a merely slow dockerd get the agent killed by the watchdog (issue 12).
 UNIT_WATCHDOG_SECONDS = 60
+# dockerd's --config-file default: every dockerd reads it unless told otherwise.
+DEFAULT_DAEMON_JSON = "/etc/docker/daemon.json"
 HEALTH_TIMEOUT_MAX_SECONDS = 10.0
 
 
@@ -70,6 +72,9 @@ class DockerSection(Section):
     pidfile: str = "/var/run/docker.pid"
     personality: Literal["linux32", "none"] = "linux32"
     args: list[str] = []
+    # The daemon.json dockerd reads (--config-file); "" = dockerd's default, /etc/docker/daemon.json, which
+    # the host's own Docker reads too.
+    config_file: str = ""
     log_file: str = ""
     health_interval_seconds: float = Field(5.0, gt=0, le=3600)
     health_timeout_seconds: float = Field(3.0, gt=0)
@@ -92,7 +97,7 @@ class DockerSection(Section):
                              f"{UNIT_WATCHDOG_SECONDS}")
         return value
 
-    @field_validator("log_file")
+    @field_validator("log_file", "config_file")
     @classmethod
     def _log_file(cls, value: str) -> str:
         return value if value == "" else _absolute(value)
@@ -197,7 +202,7 @@ class HostDockerSection(Section):
     containerd_unit: str = "containerd.service"
     runtime_dir: str = "/var/lib/armhf-agent/host-runtime"
     systemd_dir: str = "/etc/systemd/system"
-    daemon_json: str = "/etc/docker/daemon.json"
+    daemon_json: str = DEFAULT_DAEMON_JSON
     # The host daemon's runc; "" = the first `runc` on the default PATH (Debian: /usr/sbin/runc).
     runc: str = ""
 

@@ -22,6 +22,7 @@ import os
 import subprocess
 from dataclasses import dataclass
 
+from .config import DEFAULT_DAEMON_JSON
 from .processes import DEFAULT_PATH, read_environ
 from .runtime import BUILDKIT_RUNC_ENV, WRAPPER_NAME
 
@@ -119,8 +120,16 @@ def conflicts(config) -> list[str]:
             "exec_root": config.docker.exec_root, "pidfile": config.docker.pidfile}
     key = {"host": "docker.host", "data_root": "docker.data_root", "exec_root": "docker.exec_root",
            "pidfile": "docker.pidfile"}
-    return [f"{key[k]} {ours[k]!r} is also {config.host_docker.unit}'s ({theirs[k]}): with host_docker on, the "
-            "agent's own dockerd needs a path of its own" for k in ours if _same(ours[k], theirs[k])]
+    problems = [f"{key[k]} {ours[k]!r} is also {config.host_docker.unit}'s ({theirs[k]}): with host_docker on, "
+                "the agent's own dockerd needs a path of its own" for k in ours if _same(ours[k], theirs[k])]
+    # Both dockerds read /etc/docker/daemon.json unless told otherwise: the host's "hosts", "data-root" or
+    # containerd image store would then reach the agent's dockerd too (and clash with its flags).
+    ours_json = config.docker.config_file or DEFAULT_DAEMON_JSON
+    if _same(ours_json, config.host_docker.daemon_json):
+        problems.append(f"docker.config_file {config.docker.config_file!r} means {ours_json}, which "
+                        f"{config.host_docker.unit} reads too: with host_docker on, give the agent's own dockerd a "
+                        "daemon.json of its own (or an empty one)")
+    return problems
 
 
 class Systemctl:

@@ -68,9 +68,10 @@ def host(base):
     proc.mkdir()
 
     def config(enabled: bool, **extra):
-        cfg = agent_config(base, host_docker__enabled=enabled, host_docker__runtime_dir=str(base / "state" / "host-rt"),
-                           host_docker__systemd_dir=str(base / "systemd"), host_docker__runc=str(runc),
-                           host_docker__daemon_json=str(base / "daemon.json"), **extra)
+        overrides = dict(host_docker__enabled=enabled, host_docker__runtime_dir=str(base / "state" / "host-rt"),
+                         host_docker__systemd_dir=str(base / "systemd"), host_docker__runc=str(runc),
+                         host_docker__daemon_json=str(base / "daemon.json"))
+        cfg = agent_config(base, **{**overrides, **extra})
         return load_config(str(write_config(base / "agent.toml", cfg)))
 
     systemctl = FakeSystemctl(proc)
@@ -167,7 +168,15 @@ def test_the_agents_own_dockerd_must_not_share_a_path_with_docker_service(host):
     # Docker's defaults: the agent's defaults are the same, so turning the mode on with them is refused.
     defaults = load_config(None, environ={"ARMHF_AGENT_HOST_DOCKER__ENABLED": "true"}).config
     names = " ".join(host_docker.conflicts(defaults))
-    assert all(k in names for k in ("docker.host", "docker.data_root", "docker.exec_root", "docker.pidfile"))
+    assert all(k in names for k in ("docker.host", "docker.data_root", "docker.exec_root", "docker.pidfile",
+                                    "docker.config_file"))
+    # Both would read /etc/docker/daemon.json (the agent's "" is dockerd's default), or one file named twice.
+    for ours, theirs, clash in (("", "/etc/docker/daemon.json", True), ("/etc/docker/daemon.json", "/etc/docker/daemon.json", True),
+                                ("/etc/armhf-agent/daemon.json", "/etc/docker/daemon.json", False),
+                                ("", "/srv/docker.json", False)):
+        c = config(True, docker__config_file=ours, host_docker__daemon_json=theirs).config
+        found = [p for p in host_docker.conflicts(c) if p.startswith("docker.config_file")]
+        assert bool(found) == clash, (ours, theirs, found)
     # /var/run is /run.
     run = load_config(None, environ={"ARMHF_AGENT_HOST_DOCKER__ENABLED": "true", "ARMHF_AGENT_DOCKER__HOST":
                                      "unix:///run/docker.sock"}).config

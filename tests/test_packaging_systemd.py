@@ -192,7 +192,9 @@ def test_host_docker_mode_under_systemd(container, tmp_path):
     container.sh("""sed -i 's|^host = "unix:///var/run/docker.sock"|host = "unix:///run/armhf-docker.sock"|;
 s|^data_root = "/var/lib/docker"|data_root = "/var/lib/armhf-docker"|;
 s|^exec_root = "/var/run/docker"|exec_root = "/run/armhf-docker"|;
-s|^pidfile = "/var/run/docker.pid"|pidfile = "/run/armhf-docker.pid"|' /etc/armhf-agent/agent.toml
+s|^pidfile = "/var/run/docker.pid"|pidfile = "/run/armhf-docker.pid"|;
+s|^config_file = ""|config_file = "/etc/armhf-agent/daemon.json"|' /etc/armhf-agent/agent.toml
+echo '{}' > /etc/armhf-agent/daemon.json
 mkdir -p /etc/docker && printf '{"bridge": "none", "iptables": false}\\n' > /etc/docker/daemon.json
 systemctl unmask containerd.service docker.socket docker.service
 systemctl start docker.service
