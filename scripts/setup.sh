@@ -19,7 +19,8 @@ if [ "$want_tests" = 1 ]; then
     # arm64/armhf chroots, disk images; git lists the tree it packages. arch-test is only a Recommends
     # of mmdebstrap, which refuses a foreign-architecture chroot without it (issue 11): named here,
     # since --no-install-recommends drops it. e2e/e2e_arm64.py --check-host lists what it needs.
-    packages+=(qemu-system-arm qemu-utils binfmt-support arch-test e2fsprogs cpio make git)
+    # xz-utils: Debian 13's kernel modules are .ko.xz, unpacked for the guest's initrd.
+    packages+=(qemu-system-arm qemu-utils binfmt-support arch-test e2fsprogs cpio make git xz-utils)
 fi
 
 missing=()
