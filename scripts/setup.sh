@@ -34,6 +34,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# Debian 12's docker.io carries the docker client; from Debian 13 on the client is docker-cli. The
+# demo's stand-in payload and the tests run it as /usr/bin/docker (not whatever docker is first in PATH,
+# which may be the agent's shim): asked for only where docker.io left it out.
+if [ ! -x /usr/bin/docker ]; then
+    echo "setup: installing docker-cli (the docker client is not in this release's docker.io)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq --no-install-recommends docker-cli >/dev/null
+fi
+
 if [ "$want_tests" = 1 ]; then
     # promtool, without installing (and starting) a Prometheus server: Debian 13 ships it as its own
     # package, Debian 12 only inside `prometheus`. Either is unpacked into .cache/promtool.
