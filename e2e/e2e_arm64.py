@@ -207,10 +207,16 @@ def digest(*parts: bytes | str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def cached(cache: Path, name: str, key: str, build_command: list[str], timings: dict[str, str]) -> Path:
+class BuildError(Exception):
+    pass
+
+
+def cached(cache: Path, name: str, key: str, build_command: list[str], timings: dict[str, str],
+           log: Path | None = None) -> Path:
     """Returns cache/name-key, building it with build_command OUT when absent. Built in a temporary
     folder renamed into place, so an interrupted build is never mistaken for a finished one; older
-    keys of the same name are removed (a guest disk is 4 GB sparse)."""
+    keys of the same name are removed (a guest disk is 4 GB sparse). With `log`, the build's output
+    goes there (rows prepared side by side would interleave theirs) and a failure quotes its end."""
     final = cache / f"{name}-{key}"
     if final.is_dir():
         timings[name] = "cached"
@@ -219,10 +225,20 @@ def cached(cache: Path, name: str, key: str, build_command: list[str], timings: 
     for stale in cache.glob(f"{name}-*"):
         shutil.rmtree(stale, ignore_errors=True)
     work = Path(tempfile.mkdtemp(prefix=f"{name}-{key}.", suffix=".tmp", dir=cache))
-    print(f"e2e: building {name} ({' '.join(build_command)})", file=sys.stderr, flush=True)
+    print(f"e2e: building {name} ({' '.join(build_command)})" + (f", log {log}" if log else ""),
+          file=sys.stderr, flush=True)
     started = time.monotonic()
     try:
-        subprocess.run([*build_command, str(work)], check=True)
+        if log is None:
+            subprocess.run([*build_command, str(work)], check=True)
+        else:
+            with log.open("a") as out:
+                out.write(f"== {name}: {' '.join(build_command)}\n")
+                out.flush()
+                done = subprocess.run([*build_command, str(work)], stdout=out, stderr=subprocess.STDOUT)
+            if done.returncode != 0:
+                tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-15:])
+                raise BuildError(f"building {name} failed (exit {done.returncode}), end of {log}:\n{tail}")
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -322,7 +338,7 @@ def release_cache(cache: Path, release: Release) -> Path:
     return cache / release.codename
 
 
-def build_deb(cache: Path, release: Release, timings: dict[str, str]) -> Path:
+def build_deb(cache: Path, release: Release, timings: dict[str, str], log: Path | None = None) -> Path:
     """The project's arm64 .deb, by its own scripts/build-deb.sh in an arm64 chroot of the release
     (qemu-user)."""
     control = REPO / "packaging" / "debian" / "control"
@@ -330,11 +346,11 @@ def build_deb(cache: Path, release: Release, timings: dict[str, str]) -> Path:
         raise UsageError(f"no packaging in {REPO} ({control}, scripts/build-deb.sh): pass --deb PATH or --no-agent")
     rows = release_cache(cache, release)
     chroot = cached(rows, "deb-chroot", digest(HERE / "build-deb-chroot.sh", control, release.codename),
-                    [str(HERE / "build-deb-chroot.sh"), release.codename, str(control)], timings)
+                    [str(HERE / "build-deb-chroot.sh"), release.codename, str(control)], timings, log)
     # The chroot's folder name carries its key: a new chroot (new Build-Depends, new script) rebuilds the .deb.
     built = cached(rows, "deb-arm64", digest(HERE / "build-deb-arm64.sh", chroot.name, *source_files()),
                    [str(HERE / "build-deb-arm64.sh"), str(chroot / "chroot.tar"), str(REPO), str(cache / "pip")],
-                   timings)
+                   timings, log)
     return next(built.glob("armhf-agent_*_arm64.deb"))
 
 
@@ -355,25 +371,34 @@ def image_keys(release: Release) -> dict[str, str]:
                        ",".join(release.guest_packages)),
         "payload": digest(HERE / "build-payload.sh", ",".join(release.suites)),
         "payload-update": digest(HERE / "build-payload.sh", ",".join(release.update_suites)),
-        # One container image for every row (a bookworm armhf minbase): only something to `docker import`.
-        "armhf-rootfs": digest(HERE / "build-armhf-rootfs.sh"),
     }
 
 
-def build_images(cache: Path, release: Release, mode: str, timings: dict[str, str]) -> dict[str, Path]:
+def shared_keys() -> dict[str, str]:
+    """The keys of what every row shares: one container image (a bookworm armhf minbase), only
+    something to `docker import`, whatever the guest's release."""
+    return {"armhf-rootfs": digest(HERE / "build-armhf-rootfs.sh")}
+
+
+def build_shared(cache: Path, timings: dict[str, str]) -> dict[str, Path]:
+    """What every row uses, built once before the rows are (side by side, they would race for it)."""
+    return {"armhf-rootfs": cached(cache, "armhf-rootfs", shared_keys()["armhf-rootfs"],
+                                   [str(HERE / "build-armhf-rootfs.sh")], timings)}
+
+
+def build_images(cache: Path, release: Release, mode: str, timings: dict[str, str],
+                 log: Path | None = None) -> dict[str, Path]:
     keys = image_keys(release)
     rows = release_cache(cache, release)
     built = {
         "base": cached(rows, "base", keys["base"],
-                       [str(HERE / "build-base.sh"), release.codename, ",".join(release.guest_packages)], timings),
+                       [str(HERE / "build-base.sh"), release.codename, ",".join(release.guest_packages)], timings, log),
         "payload": cached(rows, "payload", keys["payload"],
-                          [str(HERE / "build-payload.sh"), ",".join(release.suites)], timings),
-        "armhf-rootfs": cached(cache, "armhf-rootfs", keys["armhf-rootfs"],
-                               [str(HERE / "build-armhf-rootfs.sh")], timings),
+                          [str(HERE / "build-payload.sh"), ",".join(release.suites)], timings, log),
     }
     if mode == "agent" and release.update_suites:
         built["payload-update"] = cached(rows, "payload-update", keys["payload-update"],
-                                         [str(HERE / "build-payload.sh"), ",".join(release.update_suites)], timings)
+                                         [str(HERE / "build-payload.sh"), ",".join(release.update_suites)], timings, log)
     return built
 
 
@@ -480,43 +505,76 @@ class Row:
     timings: dict[str, str] = field(default_factory=dict)
     prepared: float = 0.0
     qemu_seconds: float = 0.0
+    boot_with: tuple | None = None         # (base, data disk, run folder) once prepared
 
     @property
     def ok(self) -> bool:
         return self.report is not None and self.report.ok and not self.error
 
 
-def run_row(release: Release, args, deb: Path | None) -> Row:
-    """Prepares and boots one release's guest; a failed build is this row's failure, not the run's."""
-    row = Row(release)
-    started = time.monotonic()
+def failing(row: Row, step) -> None:
+    """Runs step(); a failed build or bad usage is this row's failure, not the run's."""
     try:
-        deb = None if args.no_agent else (deb or build_deb(args.cache, release, row.timings))
-        mode = "no-aarch32" if args.cpu in NO_AARCH32_CPUS else ("agent" if deb else "platform")
-        built = build_images(args.cache, release, mode, row.timings)
-        if deb:
-            check_dependencies(built["base"], deb)
-        run_dir = release_cache(args.cache, release) / f"run-{args.cpu}-{mode}"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        data = make_data_disk(run_dir, data_files(built, deb), mode)
-        row.prepared = time.monotonic() - started
-        print(f"e2e: {release.title}: mode {mode}, cpu {args.cpu}, booting (console: {run_dir / 'console.log'})",
-              file=sys.stderr, flush=True)
-        console, row.qemu_seconds, killed = boot(built["base"], data, run_dir, args.cpu, args.timeout)
+        step()
     except UsageError as error:
         row.error, row.usage = str(error), True
-        return row
+    except BuildError as error:
+        row.error = str(error)
     except subprocess.CalledProcessError as error:
         command = " ".join(map(str, error.cmd)) if isinstance(error.cmd, (list, tuple)) else str(error.cmd)
         row.error = f"{command} exited {error.returncode}"
-        return row
+
+
+def prepare_row(row: Row, args, deb: Path | None, shared: dict[str, Path], log: Path | None = None) -> None:
+    """Builds (or finds) everything the row's guest boots with. `log`: where build output goes."""
+    started = time.monotonic()
+    release = row.release
+
+    def step() -> None:
+        if log is not None:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text("")
+        row_deb = None if args.no_agent else (deb or build_deb(args.cache, release, row.timings, log))
+        mode = "no-aarch32" if args.cpu in NO_AARCH32_CPUS else ("agent" if row_deb else "platform")
+        built = {**build_images(args.cache, release, mode, row.timings, log), **shared}
+        if row_deb:
+            check_dependencies(built["base"], row_deb)
+        run_dir = release_cache(args.cache, release) / f"run-{args.cpu}-{mode}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        row.boot_with = (built["base"], make_data_disk(run_dir, data_files(built, row_deb), mode), run_dir)
+        print(f"e2e: {release.title}: prepared (mode {mode}, cpu {args.cpu})", file=sys.stderr, flush=True)
+
+    failing(row, step)
+    row.prepared = time.monotonic() - started
+
+
+def boot_row(row: Row, args) -> None:
+    base, data, run_dir = row.boot_with
+    print(f"e2e: {row.release.title}: booting (console: {run_dir / 'console.log'})", file=sys.stderr, flush=True)
+    console, row.qemu_seconds, killed = boot(base, data, run_dir, args.cpu, args.timeout)
     with console.open(errors="replace") as lines:
         row.report = parse_console(lines)
     if killed:
         row.report.problems.append(f"QEMU killed after {row.qemu_seconds:.0f} s (limits: {BOOT_TIMEOUT_SECONDS} s to "
                                    f"the first E2E line, {args.timeout:.0f} s in all)")
-    check_guest_release(row.report, release)
-    return row
+    check_guest_release(row.report, row.release)
+
+
+def prepare_rows(rows: list[Row], args, deb: Path | None, shared: dict[str, Path]) -> None:
+    """Rows are prepared side by side: their builds (mmdebstrap, dpkg-buildpackage under qemu-user) are
+    mostly single-threaded, so on two cores two rows' builds take little more than the longer one.
+    Each row's build output then goes to RELEASE/build.log. The guests boot one after the other:
+    each QEMU has two CPUs."""
+    if len(rows) == 1:
+        prepare_row(rows[0], args, deb, shared)
+        return
+    threads = [threading.Thread(target=prepare_row, name=f"prepare-{row.release.codename}",
+                                args=(row, args, deb, shared, release_cache(args.cache, row.release) / "build.log"))
+               for row in rows]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 def check_guest_release(report: Report, release: Release) -> None:
@@ -610,10 +668,21 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"e2e: {error}", file=sys.stderr)
         return 2
-    rows = []
-    for release in releases:
-        rows.append(run_row(release, args, args.deb))
-        print_row(rows[-1])
+    rows = [Row(release) for release in releases]
+    shared_timings: dict[str, str] = {}
+    try:
+        shared = build_shared(args.cache, shared_timings)
+    except subprocess.CalledProcessError as error:
+        print(f"e2e: {' '.join(map(str, error.cmd))} exited {error.returncode}", file=sys.stderr)
+        return 1
+    prepare_rows(rows, args, args.deb, shared)
+    if len(rows) > 1:
+        print(f"e2e: rows prepared side by side in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+    for row in rows:
+        row.timings.update(shared_timings)
+        if not row.error:
+            boot_row(row, args)
+        print_row(row)
     if len(rows) > 1:
         print("== probe x row")
         print(format_matrix(rows))

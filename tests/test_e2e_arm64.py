@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -162,7 +163,7 @@ def test_cache_keys_carry_the_release_and_only_the_container_image_is_shared():
     bookworm, trixie = e2e.image_keys(BOOKWORM), e2e.image_keys(TRIXIE)
     assert bookworm["base"] != trixie["base"]
     assert bookworm["payload"] != trixie["payload"]
-    assert bookworm["armhf-rootfs"] == trixie["armhf-rootfs"]
+    assert set(e2e.shared_keys()) == {"armhf-rootfs"} and not set(e2e.shared_keys()) & set(bookworm)
     # The same release asked twice gives the same keys: a warm run rebuilds nothing.
     assert e2e.image_keys(TRIXIE) == trixie
     cache = Path("/c")
@@ -185,6 +186,64 @@ def test_each_row_keeps_its_own_cache_folder(tmp_path):
     assert not old_trixie.exists() and legacy.is_dir()
     assert build(e2e.release_cache(tmp_path, TRIXIE), "3333333333333333") == new_trixie
     assert timings["base"] == "cached"
+
+
+def test_a_logged_build_failure_names_its_log_and_quotes_its_end(tmp_path):
+    log = tmp_path / "build.log"
+    script = 'echo step one; echo "mmdebstrap: E: cannot find package docker-biuldx" >&2; exit 3'
+    with pytest.raises(e2e.BuildError) as failed:
+        e2e.cached(tmp_path / "trixie", "base", "4444444444444444", ["sh", "-c", script, "sh"], {}, log)
+    assert f"building base failed (exit 3), end of {log}:" in str(failed.value)
+    assert "cannot find package docker-biuldx" in str(failed.value)
+    # Nothing half-built is left to pass for a cached image next time.
+    assert list((tmp_path / "trixie").iterdir()) == []
+    built = e2e.cached(tmp_path / "trixie", "base", "5555555555555555",
+                       ["sh", "-c", 'echo into the log; touch "$1/made"', "sh"], {}, log)
+    assert (built / "made").is_file()
+    assert "into the log" in log.read_text() and "== base: sh -c" in log.read_text()
+
+
+def test_one_rows_failure_is_that_rows_own():
+    def broken():
+        raise e2e.BuildError("building deb-chroot failed (exit 1)")
+
+    def usage():
+        raise e2e.UsageError("the guest lacks libfoo1")
+
+    def command():
+        raise subprocess.CalledProcessError(4, ["mke2fs", "-d", "x"])
+
+    rows = [e2e.Row(BOOKWORM), e2e.Row(TRIXIE), e2e.Row(TRIXIE)]
+    for row, step in zip(rows, (broken, usage, command)):
+        e2e.failing(row, step)
+    assert [(r.error, r.usage) for r in rows] == [("building deb-chroot failed (exit 1)", False),
+                                                   ("the guest lacks libfoo1", True), ("mke2fs -d x exited 4", False)]
+    assert e2e.exit_status(rows) == 2 and e2e.exit_status(rows[:1]) == 1
+
+
+def test_rows_are_prepared_side_by_side_each_with_its_own_log(tmp_path, monkeypatch):
+    """Each row's prepare waits for the other to be under way: done one after the other, the
+    barrier would break (its timeout) and the rows would fail."""
+    meet = threading.Barrier(2, timeout=10)
+    logs = {}
+
+    def prepare(row, args, deb, shared, log=None):
+        logs[row.release.codename] = log
+        try:
+            meet.wait()
+        except threading.BrokenBarrierError:
+            row.error = "prepared alone"
+
+    monkeypatch.setattr(e2e, "prepare_row", prepare)
+    args = type("Args", (), {"cache": tmp_path})()
+    rows = [e2e.Row(BOOKWORM), e2e.Row(TRIXIE)]
+    e2e.prepare_rows(rows, args, None, {})
+    assert [r.error for r in rows] == ["", ""]
+    assert logs == {"bookworm": tmp_path / "bookworm" / "build.log", "trixie": tmp_path / "trixie" / "build.log"}
+    # A single row streams its builds to the terminal, as before rows existed.
+    monkeypatch.setattr(e2e, "prepare_row", lambda row, args, deb, shared, log=None: logs.update(alone=log))
+    e2e.prepare_rows([e2e.Row(TRIXIE)], args, None, {})
+    assert logs["alone"] is None
 
 
 def payload_dirs(tmp_path, first, second=None):

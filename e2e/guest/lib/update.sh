@@ -30,6 +30,13 @@ update_payload() {
     from=$(status_json | jget dockerd.server_version | upstream)
     before=$(status_json | jget dockerd.pid)
     since=$(date +%s)
+    # What the running version's containerd left for the next one to find: the task's state folder
+    # (the shim's address, or bootstrap.json), and the shim process serving the container.
+    {
+        echo "before: $(find /var/run/docker/containerd -type d -name "$container_id" 2>/dev/null | while read -r d; do echo "$d: $(ls "$d" | tr '\n' ' ')"; done)"
+        echo "before: shim $(pgrep -f "containerd-shim-runc-v2 .*-id $container_id" | tr '\n' ' ')"
+    } > "$WORK/evidence-$want"
+    shim_pids=$(pgrep -f "containerd-shim-runc-v2 .*-id $container_id")
     armhf-agent install-docker "$1" || { detail="install-docker $1 failed"; return 1; }
     within 300
     while :; do
@@ -55,8 +62,13 @@ update_payload() {
         *,yes) outcome=orphan ;;
         *) outcome=stopped ;;
     esac
-    journalctl -u armhf-agent -o cat --no-pager --since "@$since" |
-        grep -iE "$(echo "$container_id" | cut -c1-12)|restor|live|shim|level=(error|fatal)" | head -n 20 > "$WORK/evidence-$want"
+    {
+        for pid in $shim_pids; do
+            if kill -0 "$pid" 2>/dev/null; then echo "after: shim $pid still runs"; else echo "after: shim $pid is gone"; fi
+        done
+        journalctl -u armhf-agent -o cat --no-pager --since "@$since" |
+            grep -iE "$(echo "$container_id" | cut -c1-12)|restor|live|shim|level=(error|fatal)" | head -n 20
+    } >> "$WORK/evidence-$want"
     expect "from,server,payload,platform,scratch-variant,container" \
         "$from,$want,$want,linux/arm/v7,v7,$2" \
         "$from,$(jget dockerd.server_version < "$WORK/status.json" | upstream),$(jget payload.version < "$WORK/status.json" | upstream),$(jget platform.os < "$WORK/status.json")/$(jget platform.arch < "$WORK/status.json")/$(jget platform.variant < "$WORK/status.json"),$variant,$outcome"
