@@ -191,7 +191,9 @@ def run_personality_probe(runner: Runner) -> PersonalityOutcome:
     if result.returncode == 0:
         return PersonalityOutcome(True, None, "personality(PER_LINUX32) ok")
     if result.returncode == EXIT_PERSONALITY_REFUSED:
-        # The kernel's only reason to refuse it (launch.py set_linux32): no AArch32 at EL0.
+        # The kernel's only reason to refuse it (launch.py set_linux32): it cannot run AArch32 at EL0,
+        # because the CPU has none or because the kernel was built without CONFIG_COMPAT (arm64_personality
+        # in arch/arm64/kernel/sys.c: EINVAL unless system_supports_32bit_el0()).
         return PersonalityOutcome(False, errno.EINVAL, "personality(PER_LINUX32) refused: EINVAL")
     return PersonalityOutcome(False, None, f"personality probe failed (exit {result.returncode}): "
                                            f"{result.stderr.strip() or result.stdout.strip()}")
@@ -202,6 +204,9 @@ class Aarch32Report:
     mode: str              # "native" | "emulated" | "unsupported" | "unknown"
     detail: str
     handlers: tuple[str, ...] = ()   # names of the binfmt_misc entries claiming 32-bit ARM ELF
+    # The kernel refused PER_LINUX32 (EINVAL): no AArch32 at EL0, or a kernel without CONFIG_COMPAT
+    # (doctor's kernel-compat check tells them apart when it can).
+    personality_refused: bool = False
 
 
 def decide(machine: str, exec_outcome: ExecOutcome, personality: PersonalityOutcome,
@@ -212,17 +217,18 @@ def decide(machine: str, exec_outcome: ExecOutcome, personality: PersonalityOutc
                      + " claims 32-bit ARM ELF")
     detail = "; ".join(facts)
     names = tuple(h.name for h in handlers)
+    refused = personality.errno == errno.EINVAL
     if not exec_outcome.ran:
-        if exec_outcome.errno == errno.ENOEXEC or personality.errno == errno.EINVAL:
-            return Aarch32Report("unsupported", detail, names)
-        return Aarch32Report("unknown", detail, names)
+        if exec_outcome.errno == errno.ENOEXEC or refused:
+            return Aarch32Report("unsupported", detail, names, refused)
+        return Aarch32Report("unknown", detail, names, refused)
     # binfmt_misc is consulted before the ELF loader, so with a handler registered even an
     # AArch32-capable CPU runs the payload under the emulator.
     if handlers or machine not in ARM_HOST_MACHINES:
-        return Aarch32Report("emulated", detail, names)
+        return Aarch32Report("emulated", detail, names, refused)
     if not personality.ok:
-        return Aarch32Report("unsupported", detail, names)
-    return Aarch32Report("native", detail, names)
+        return Aarch32Report("unsupported", detail, names, refused)
+    return Aarch32Report("native", detail, names, refused)
 
 
 def detect(runner: Runner, binfmt_root: str = DEFAULT_BINFMT_ROOT, machine: str | None = None) -> Aarch32Report:

@@ -1,20 +1,23 @@
 """`armhf-agent doctor`: can this host run the armhf daemon, and what stands in the way.
 
-Every check reads the host through a `HostRoot` (where /proc, /sys, /etc and binfmt_misc are, the
-machine name, and facades for running probes and touching sockets), so tests can present a
-Graviton4 or a ThunderX from fixture folders as well as this machine itself.
+Every check reads the host through a `HostRoot` (where /proc, /sys, /etc, /boot and binfmt_misc are,
+the machine name and page size, and facades for running probes and touching sockets),
+so tests can present a Graviton4, a ThunderX or a Raspberry Pi 5 from fixture folders as well as this
+machine itself.
 """
 
 from __future__ import annotations
 
 import errno
 import glob
+import gzip
 import json
 import os
 import re
 import shlex
 import socket
 import subprocess
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol, TextIO
@@ -98,9 +101,12 @@ class HostRoot:
     proc: str = "/proc"
     sys: str = "/sys"
     etc: str = "/etc"
+    boot: str = "/boot"
     binfmt: str = DEFAULT_BINFMT_ROOT
     containerd_socket: str = SYSTEM_CONTAINERD_SOCKET
     machine: str = field(default_factory=lambda: os.uname().machine)
+    # The kernel's base page size: this process's own for the live host; a fixture host says its own.
+    page_size: int = field(default_factory=lambda: os.sysconf("SC_PAGESIZE"))
     shell_path: str = field(default_factory=lambda: os.environ.get("PATH", ""))
     runner: Runner = field(default_factory=SubprocessRunner)
     sockets: Sockets = field(default_factory=RealSockets)
@@ -181,6 +187,141 @@ def check_cpu(root: HostRoot) -> Check:
     if WARN in verdicts:
         return Check("cpu", WARN, found, "not in the table of known CPUs: trust the aarch32-el0 check")
     return Check("cpu", PASS, found)
+
+
+def cpu_aarch32(root: HostRoot) -> tuple[str, str] | None:
+    """What the CPU table says of this host's CPUs: ("yes" | "no" | "unconfirmed", their names), the
+    worst answer when they differ; None when no MIDR is readable."""
+    midrs, _ = read_midrs(root)
+    if not midrs:
+        return None
+    found = [CPU_TABLE.get((m >> 24 & 0xFF, m >> 4 & 0xFFF), ("unknown CPU", "unconfirmed")) for m in midrs]
+    for answer in ("no", "unconfirmed", "yes"):
+        if any(a == answer for _, a in found):
+            return answer, ", ".join(sorted({name for name, _ in found}))
+    return None
+
+
+def kernel_release(root: HostRoot) -> str:
+    """`uname -r`, as the host root shows it."""
+    return _read(f"{root.proc}/sys/kernel/osrelease").strip()
+
+
+def read_kernel_config(root: HostRoot) -> tuple[dict[str, str], str] | None:
+    """The running kernel's build options and where they were read: /boot/config-RELEASE (Debian, Ubuntu
+    and Amazon Linux install it beside the kernel), else /proc/config.gz (CONFIG_IKCONFIG_PROC). An
+    option written `# CONFIG_X is not set` is "n". None when neither is readable."""
+    path = f"{root.boot}/config-{kernel_release(root)}"
+    text = _read(path)
+    if not text:
+        path = f"{root.proc}/config.gz"
+        try:
+            text = gzip.decompress(Path(path).read_bytes()).decode(errors="replace")
+        except (OSError, EOFError, zlib.error):
+            return None
+    options = {}
+    for line in text.splitlines():
+        unset = re.fullmatch(r"# (CONFIG_\w+) is not set", line.strip())
+        if unset:
+            options[unset.group(1)] = "n"
+        elif line.startswith("CONFIG_") and "=" in line:
+            key, _, value = line.partition("=")
+            options[key] = value.strip()
+    return (options, path) if options else None
+
+
+def check_kernel_compat(root: HostRoot, aarch32: Aarch32Report) -> Check:
+    """An arm64 kernel built without CONFIG_COMPAT runs no 32-bit program at all, whatever the CPU:
+    to the aarch32 probes it looks like a CPU without AArch32 (ENOEXEC, and EINVAL for PER_LINUX32), so
+    the kernel's own config says which it is; without one, a refusal on a CPU the table knows to run
+    AArch32 points at the kernel."""
+    if not is_arm64(root.machine):
+        if root.arm:
+            return Check("kernel-compat", PASS, f"a 32-bit Arm kernel ({root.machine}): armhf is its native ABI")
+        return Check("kernel-compat", WARN, f"not an arm64 kernel ({root.machine}): CONFIG_COMPAT does not apply "
+                     "(development mode)", "run on an aarch64 host")
+    config = read_kernel_config(root)
+    if config is not None:
+        options, source = config
+        value = options.get("CONFIG_COMPAT", "n")
+        if value == "y":
+            return Check("kernel-compat", PASS, f"CONFIG_COMPAT=y ({source})")
+        return Check("kernel-compat", FAIL,
+                     f"kernel built without CONFIG_COMPAT ({source}: {'not set' if value == 'n' else value}): "
+                     "it runs no 32-bit Arm program, whatever the CPU",
+                     "boot a kernel built with CONFIG_COMPAT=y (Debian's arm64 kernels are)")
+    where = f"no {root.boot}/config-{kernel_release(root) or 'RELEASE'}, no {root.proc}/config.gz"
+    if not aarch32.personality_refused:
+        if aarch32.mode in ("native", "emulated"):
+            return Check("kernel-compat", PASS, f"the kernel accepts PER_LINUX32, so it has CONFIG_COMPAT ({where})")
+        return Check("kernel-compat", WARN, f"cannot tell: {where}, and the personality probe did not answer",
+                     "see the aarch32-el0 check")
+    cpu = cpu_aarch32(root)
+    if cpu is not None and cpu[0] == "yes":
+        return Check("kernel-compat", FAIL,
+                     f"the kernel refuses PER_LINUX32 although this CPU ({cpu[1]}) runs AArch32 at EL0: it was "
+                     f"most likely built without CONFIG_COMPAT ({where} to confirm)",
+                     "boot a kernel built with CONFIG_COMPAT=y (Debian's arm64 kernels are)")
+    return Check("kernel-compat", WARN, f"cannot tell: {where}, and the kernel refuses PER_LINUX32, which the CPU "
+                 "explains as well (see the cpu check)", "see the cpu and aarch32-el0 checks")
+
+
+# An arm64 kernel with pages other than 4 KiB has COMPAT only with CONFIG_EXPERT, and then runs only the
+# 32-bit binaries "compiled with page size aligned segments" (arch/arm64/Kconfig, COMPAT). Ordinary armhf
+# binaries are laid out for 4 KiB (p_align 0x1000) and die at exec: the Raspberry Pi 5's default kernel
+# (bcm2712_defconfig: CONFIG_ARM64_16K_PAGES=y, with CONFIG_EXPERT and COMPAT) is the common case. The
+# aarch32 probe may still pass there: its one segment sits at 64 KiB.
+PAGE_OPTIONS = ("CONFIG_ARM64_4K_PAGES", "CONFIG_ARM64_16K_PAGES", "CONFIG_ARM64_64K_PAGES")
+
+
+def check_page_size(root: HostRoot) -> Check:
+    size = root.page_size
+    if size == 4096:
+        return Check("page-size", PASS, "4 KiB pages")
+    if not is_arm64(root.machine):
+        return Check("page-size", WARN, f"{size // 1024} KiB pages on a {root.machine} host (development mode)",
+                     "run on an aarch64 host with 4 KiB pages")
+    config = read_kernel_config(root)
+    option = ""
+    if config is not None:
+        chosen = [name for name in PAGE_OPTIONS if config[0].get(name) == "y"]
+        option = f" ({', '.join(chosen)}=y in {config[1]})" if chosen else ""
+    return Check("page-size", FAIL,
+                 f"{size // 1024} KiB pages{option}: an arm64 kernel with pages other than 4 KiB runs only 32-bit "
+                 "binaries whose segments are aligned to its page size; ordinary armhf binaries (Debian's, Docker's) "
+                 "are aligned to 4 KiB and fail at exec",
+                 "boot a kernel built with 4 KiB pages (Raspberry Pi 5: kernel=kernel8.img in config.txt instead of "
+                 "the 16 KiB kernel_2712.img)")
+
+
+# Ubuntu's arm64 kernels carry a patch (kernel/sys.c, parse_compat_uts_machine; Launchpad #1520627) that
+# makes `compat_uts_machine=VALUE` on the command line what uname() tells PER_LINUX32 processes, instead
+# of COMPAT_UTS_MACHINE "armv8l". Debian's kernels do not (../shared/reference/runtime.md).
+UTS_OPTION = re.compile(r"(?:^|\s)compat_uts_machine=(\S*)")
+COMPAT_UTS_MACHINE = "armv8l"
+
+
+def check_uts_machine(root: HostRoot) -> Check:
+    if not is_arm64(root.machine):
+        return Check("uts-machine", PASS, f"not an arm64 kernel ({root.machine}): compat_uts_machine does not apply")
+    # Ubuntu's builds say so in the version string: "#12-Ubuntu SMP", "#16~22.04.1-Ubuntu SMP".
+    ubuntu = re.search(r"#\d+\S*-Ubuntu\b", _read(f"{root.proc}/version")) is not None
+    match = UTS_OPTION.search(_read(f"{root.proc}/cmdline"))
+    # The patch copies at most 8 characters (__OLD_UTS_LEN).
+    value = match.group(1)[:8] if match else None
+    if ubuntu and value:
+        return Check("uts-machine", PASS, f"Ubuntu kernel with compat_uts_machine={value}: containers print "
+                     f"`uname -m` {value}" + (", as an ARMv7 board does" if value == "armv7l" else ""))
+    if ubuntu:
+        return Check("uts-machine", PASS, f"Ubuntu kernel, compat_uts_machine not set: containers print `uname -m` "
+                     f"{COMPAT_UTS_MACHINE} (config.guess: armv8l-unknown-linux-gnueabihf); compat_uts_machine=armv7l "
+                     "on the kernel command line makes it armv7l, as on an ARMv7 board (optional)")
+    if value:
+        return Check("uts-machine", WARN, f"compat_uts_machine={value} is on the kernel command line, but this is not "
+                     f"an Ubuntu kernel, which alone knows it: `uname -m` stays {COMPAT_UTS_MACHINE}",
+                     "remove it, or boot an Ubuntu kernel if armv7l is wanted")
+    return Check("uts-machine", PASS, f"containers print `uname -m` {COMPAT_UTS_MACHINE} (compat_uts_machine is an "
+                 "Ubuntu kernel option, not this kernel's)")
 
 
 def find_payload_binary(payload_root: str, name: str) -> str | None:
@@ -517,6 +658,9 @@ def run_checks(config: AgentConfig, root: HostRoot, config_error: str | None = N
         check_architecture(root),
         check_aarch32(aarch32, root),
         check_cpu(root),
+        check_kernel_compat(root, aarch32),
+        check_page_size(root),
+        check_uts_machine(root),
         check_payload(config, root, aarch32),
         check_docker_socket(config, root, live),
         check_services(config, root),

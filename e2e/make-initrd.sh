@@ -35,9 +35,18 @@ awk -v wanted="$wanted" -v builtin="$moddir/modules.builtin" '
             emit(want[i])
         }
     }' "$moddir/modules.dep" > "$work/modules/order.full"
+# Debian 13's modules are xz-compressed (.ko.xz). busybox's insmod calls finit_module() without
+# MODULE_INIT_COMPRESSED_FILE, then falls back to unpacking only the formats it was built with
+# (busybox modutils/modutils.c, bb_init_module): unpacked here, on the host, whatever that build.
 while read -r path; do
-    cp "$moddir/$path" "$work/modules/"
-    basename "$path" >> "$work/modules/order"
+    name=$(basename "$path")
+    case $name in
+        *.ko) cp "$moddir/$path" "$work/modules/$name" ;;
+        *.ko.xz) name=${name%.xz}; xz -dc "$moddir/$path" > "$work/modules/$name" ;;
+        *.ko.gz) name=${name%.gz}; gzip -dc "$moddir/$path" > "$work/modules/$name" ;;
+        *) echo "make-initrd: $moddir/$path: no way to unpack this module" >&2; exit 1 ;;
+    esac
+    echo "$name" >> "$work/modules/order"
 done < "$work/modules/order.full"
 rm "$work/modules/order.full"
 (cd "$work" && find . | cpio --quiet -o -H newc) | gzip -9 > "$out"

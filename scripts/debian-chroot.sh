@@ -15,7 +15,11 @@
 #
 # Tarballs are cached in $ARMHF_AGENT_CACHE/chroots (default /var/cache/armhf-agent-build, outside
 # the work tree so that fresh CI clones on the same machine reuse them), keyed on release, kind,
-# package list and mirrors. In `run`, $CHROOT_BINDS ("HOSTDIR:DIR ..." pairs) are bind-mounted.
+# package list and mirrors. In `run`, $CHROOT_BINDS ("HOSTDIR:DIR ..." pairs) are bind-mounted, and
+# with CHROOT_AS_HOST=1 the chroot looks more like a booted host's root, for running the test suite
+# in it: it becomes the mount namespace's root (pivot_root, not chroot), a mount point of its own
+# (`unshare --propagation`, `mount --make-rslave /` refuse a root that is not), with a sysfs
+# (read-only: /sys/devices/system/cpu/online and the like).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -119,6 +123,10 @@ run() {
     # A private mount namespace: the mounts vanish with the command, nothing leaks onto the host.
     unshare --mount --propagation private -- /bin/sh -euc '
         dir=$1; shift
+        if [ "${CHROOT_AS_HOST:-}" = 1 ]; then
+            mount --bind "$dir" "$dir"
+            mount -t sysfs -o ro sysfs "$dir/sys"
+        fi
         mount -t proc proc "$dir/proc"
         mount --rbind /dev "$dir/dev"
         # pip trusts what the host trusts (a TLS-inspecting proxy adds its CA to the host bundle);
@@ -129,8 +137,21 @@ run() {
             mkdir -p "$dir/${pair#*:}"
             mount --bind "${pair%%:*}" "$dir/${pair#*:}"
         done
-        exec chroot "$dir" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
-            LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive PIP_CERT=/run/host-ca-certificates.crt "$@"
+        set -- /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C.UTF-8 \
+            DEBIAN_FRONTEND=noninteractive PIP_CERT=/run/host-ca-certificates.crt "$@"
+        if [ "${CHROOT_AS_HOST:-}" = 1 ]; then
+            # The root of the mount namespace itself, not a chroot: a process that enters another
+            # mount namespace made from this one (setns, nsenter -m) lands at the namespace'"'"'s root,
+            # which after a mere chroot would be the host'"'"'s.
+            mkdir -p "$dir/.host-root"
+            cd "$dir"
+            pivot_root . .host-root
+            cd /
+            umount -l /.host-root
+            rmdir /.host-root
+            exec "$@"
+        fi
+        exec chroot "$dir" "$@"
     ' sh "$dir" "$@"
 }
 

@@ -23,7 +23,8 @@ if [ "$want_tests" = 1 ]; then
     # arm64/armhf chroots, disk images; git lists the tree it packages. arch-test is only a Recommends
     # of mmdebstrap, which refuses a foreign-architecture chroot without it (issue 11): named here,
     # since --no-install-recommends drops it. e2e/e2e_arm64.py --check-host lists what it needs.
-    packages+=(qemu-system-arm qemu-utils binfmt-support arch-test e2fsprogs cpio make git)
+    # xz-utils: Debian 13's kernel modules are .ko.xz, unpacked for the guest's initrd.
+    packages+=(qemu-system-arm qemu-utils binfmt-support arch-test e2fsprogs cpio make git xz-utils)
     # make repo / scripts/build-repo.sh: the signed apt repository (aptly; Debian 12's reprepro keeps
     # one version per package, and rollbacks need the older one) and its key (gnupg: gpg, gpgv).
     packages+=(aptly gnupg)
@@ -38,6 +39,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Debian 12's docker.io carries the docker client; from Debian 13 on the client is docker-cli. The
+# demo's stand-in payload and the tests run it as /usr/bin/docker (not whatever docker is first in PATH,
+# which may be the agent's shim): asked for only where docker.io left it out.
+if [ ! -x /usr/bin/docker ]; then
+    echo "setup: installing docker-cli (the docker client is not in this release's docker.io)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq --no-install-recommends docker-cli >/dev/null
 fi
 
 if [ "$want_tests" = 1 ]; then

@@ -55,13 +55,15 @@ class Chroot:
         host_dir.mkdir(parents=True, exist_ok=True)
         self.binds.append((host_dir, inside))
 
-    def run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    def run(self, *cmd: str, check: bool = True, as_host: bool = False) -> subprocess.CompletedProcess:
+        """as_host: the root is a mount point and has a sysfs (debian-chroot.sh CHROOT_AS_HOST), for
+        programs that unshare mount namespaces or read /sys, as the test suite does."""
         binds = " ".join(f"{h}:{i}" for h, i in self.binds)
         return run([str(SCRIPTS / "debian-chroot.sh"), "run", str(self.root), *cmd],
-                   env={"CHROOT_BINDS": binds}, check=check)
+                   env={"CHROOT_BINDS": binds, "CHROOT_AS_HOST": "1" if as_host else ""}, check=check)
 
-    def sh(self, script: str, check: bool = True) -> subprocess.CompletedProcess:
-        return self.run("/bin/sh", "-euc", script, check=check)
+    def sh(self, script: str, check: bool = True, as_host: bool = False) -> subprocess.CompletedProcess:
+        return self.run("/bin/sh", "-euc", script, check=check, as_host=as_host)
 
     def path(self, inside: str) -> Path:
         return self.root / inside.lstrip("/")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import errno
+import gzip
 import io
 import json
 import os
@@ -22,9 +23,9 @@ from agent.aarch32 import (PERSONALITY_PROBE_ARGV, PROBE_EXIT_CODE, PROBE_NAME, 
                            arm_handlers, decide, ExecOutcome, PersonalityOutcome, parse_binfmt_entry, probe_elf)
 from agent.config import (AgentConfig, AgentSection, CpuinfoSection, DockerSection, MetricsSection, RuntimeSection,
                           ShimSection)
-from agent.doctor import (DEFAULT_PATH, FAIL, PASS, WARN, HostRoot, check_cpu, check_cpuinfo_profile, check_payload,
-                          check_runtime_wrapper,
-                          check_services, check_shim_precedence, doctor_command, run_checks)
+from agent.doctor import (DEFAULT_PATH, FAIL, PASS, WARN, Check, HostRoot, check_cpu, check_cpuinfo_profile,
+                          check_page_size, check_payload, check_runtime_wrapper, check_services, check_shim_precedence,
+                          check_uts_machine, doctor_command, run_checks)
 from agent.state import CpuinfoState
 from agent.status import AgentLiveness
 from agent.elf import elf_info_from_bytes
@@ -70,9 +71,10 @@ class QuietSockets:
         return None
 
 
-def fixture_root(name: str, exec_runs: bool, personality_ok: bool, **kw) -> HostRoot:
-    host = HOSTS / name
-    return HostRoot(proc=str(host / "proc"), sys=str(host / "sys"), etc=str(host / "etc"),
+def fixture_root(name: str, exec_runs: bool, personality_ok: bool, host: Path | None = None, **kw) -> HostRoot:
+    host = host or HOSTS / name
+    kw.setdefault("page_size", 4096)
+    return HostRoot(proc=str(host / "proc"), sys=str(host / "sys"), etc=str(host / "etc"), boot=str(host / "boot"),
                     binfmt=str(host / "proc/sys/fs/binfmt_misc"), containerd_socket=str(host / "no-containerd"),
                     machine="aarch64", shell_path=DEFAULT_PATH,
                     runner=ProbeResults(exec_runs, personality_ok), sockets=QuietSockets(), **kw)
@@ -198,6 +200,100 @@ def test_old_kernel_host_has_cgroup_v1_and_no_overlay_loaded(tmp_path):
     assert checks["overlayfs"].verdict == WARN and "may still autoload" in checks["overlayfs"].found
     modern = by_name(run_checks(make_config(tmp_path), fixture_root("graviton4", False, False)))
     assert (modern["cgroups"].found, modern["overlayfs"].verdict) == ("cgroup2 at /sys/fs/cgroup", PASS)
+
+
+# --- what breaks natively on real kernels: CONFIG_COMPAT, the page size, compat_uts_machine ------------
+
+def test_kernel_without_compat_is_named_from_its_boot_config(tmp_path):
+    # To the probes this host looks like a Graviton4 (ENOEXEC, EINVAL); its config says why.
+    checks = by_name(run_checks(make_config(tmp_path), fixture_root("graviton2-no-compat", False, False)))
+    compat = checks["kernel-compat"]
+    assert compat.verdict == FAIL
+    assert compat.found == (f"kernel built without CONFIG_COMPAT ({HOSTS}/graviton2-no-compat/boot/config-6.1.0-custom-arm64: "
+                            "not set): it runs no 32-bit Arm program, whatever the CPU")
+    assert "CONFIG_COMPAT=y" in compat.fix
+    # The CPU itself is fine, and said so.
+    assert checks["cpu"].verdict == PASS and checks["aarch32-el0"].verdict == FAIL
+
+
+def test_kernel_config_from_proc_config_gz_and_from_the_probe_alone(tmp_path):
+    host = tmp_path / "host"
+    shutil.copytree(HOSTS / "graviton2-no-compat", host)
+    config_file = host / "boot/config-6.1.0-custom-arm64"
+    (host / "proc/config.gz").write_bytes(gzip.compress(config_file.read_bytes()))
+    config_file.unlink()
+    from_gz = by_name(run_checks(make_config(tmp_path), fixture_root("", False, False, host=host)))["kernel-compat"]
+    assert from_gz.verdict == FAIL and f"({host}/proc/config.gz: not set)" in from_gz.found
+
+    # A kernel that says CONFIG_COMPAT=y passes, from the same place.
+    (host / "proc/config.gz").write_bytes(gzip.compress(b"CONFIG_ARM64=y\nCONFIG_COMPAT=y\n"))
+    compat_y = by_name(run_checks(make_config(tmp_path), fixture_root("", True, True, host=host)))["kernel-compat"]
+    assert (compat_y.verdict, compat_y.found) == (PASS, f"CONFIG_COMPAT=y ({host}/proc/config.gz)")
+
+    # Neither file, or a config.gz that is not gzip: the probe refuses PER_LINUX32 on a CPU the table
+    # knows to run AArch32, so the kernel is the likely cause.
+    (host / "proc/config.gz").write_bytes(b"CONFIG_COMPAT=y\n")
+    guessed = by_name(run_checks(make_config(tmp_path), fixture_root("", False, False, host=host)))["kernel-compat"]
+    assert guessed.verdict == FAIL
+    assert guessed.found.startswith("the kernel refuses PER_LINUX32 although this CPU (Neoverse N1 (Graviton2, Ampere "
+                                    "Altra)) runs AArch32 at EL0: it was most likely built without CONFIG_COMPAT (no ")
+    # The same refusal on a CPU without AArch32 proves nothing about the kernel.
+    g4 = by_name(run_checks(make_config(tmp_path), fixture_root("graviton4", False, False)))["kernel-compat"]
+    assert g4.verdict == WARN and g4.found.startswith("cannot tell: no ")
+    # A kernel that accepts PER_LINUX32 has CONFIG_COMPAT, config file or not.
+    g2 = by_name(run_checks(make_config(tmp_path), fixture_root("graviton2", True, True)))["kernel-compat"]
+    assert g2.verdict == PASS and g2.found.startswith("the kernel accepts PER_LINUX32, so it has CONFIG_COMPAT (no ")
+
+
+def test_sixteen_kib_pages_fail_even_where_the_probe_runs(tmp_path):
+    # A Raspberry Pi 5 on its default kernel: COMPAT is on (CONFIG_EXPERT), the probe's one segment at
+    # 64 KiB runs, but armhf binaries laid out for 4 KiB do not.
+    checks = by_name(run_checks(make_config(tmp_path), fixture_root("raspberrypi5", True, True, page_size=16384)))
+    assert checks["aarch32-el0"].verdict == PASS
+    assert checks["kernel-compat"].verdict == PASS
+    pages = checks["page-size"]
+    assert pages.verdict == FAIL
+    assert pages.found.startswith(f"16 KiB pages (CONFIG_ARM64_16K_PAGES=y in {HOSTS}/raspberrypi5/boot/"
+                                  "config-6.6.51+rpt-rpi-2712): ")
+    assert "aligned to 4 KiB and fail at exec" in pages.found and "kernel=kernel8.img" in pages.fix
+    assert checks["cpu"].found.startswith("unknown CPU (0x41/0xd0b)")
+    # The same board on its 4 KiB kernel, and 64 KiB pages without a readable config.
+    assert check_page_size(fixture_root("raspberrypi5", True, True, page_size=4096)) == \
+        Check("page-size", PASS, "4 KiB pages")
+    big = check_page_size(fixture_root("graviton2", True, True, page_size=65536))
+    assert big.verdict == FAIL and big.found.startswith("64 KiB pages: ")
+    # Never a failure on a development host.
+    x86 = check_page_size(replace(fixture_root("graviton2", True, True, page_size=16384), machine="x86_64"))
+    assert x86.verdict == WARN
+
+
+def test_ubuntu_kernel_with_and_without_compat_uts_machine(tmp_path):
+    armv7l = by_name(run_checks(make_config(tmp_path), fixture_root("ubuntu-graviton3", True, True)))["uts-machine"]
+    assert (armv7l.verdict, armv7l.found) == (PASS, "Ubuntu kernel with compat_uts_machine=armv7l: containers print "
+                                                    "`uname -m` armv7l, as an ARMv7 board does")
+    host = tmp_path / "host"
+    shutil.copytree(HOSTS / "ubuntu-graviton3", host)
+    cmdline = (HOSTS / "ubuntu-graviton3/proc/cmdline").read_text()
+    (host / "proc/cmdline").write_text(cmdline.replace(" compat_uts_machine=armv7l", ""))
+    unset = check_uts_machine(fixture_root("", True, True, host=host))
+    assert unset.verdict == PASS
+    assert unset.found.startswith("Ubuntu kernel, compat_uts_machine not set: containers print `uname -m` armv8l ")
+    assert "compat_uts_machine=armv7l on the kernel command line makes it armv7l" in unset.found
+    # At the very start of the command line, and longer than the 8 characters the kernel keeps.
+    (host / "proc/cmdline").write_text("compat_uts_machine=armv7lxyz root=/dev/vda\n")
+    assert "compat_uts_machine=armv7lxy:" in check_uts_machine(fixture_root("", True, True, host=host)).found
+    # Not a word that merely ends with the option's name.
+    (host / "proc/cmdline").write_text("root=/dev/vda my_compat_uts_machine=armv7l\n")
+    assert "not set" in check_uts_machine(fixture_root("", True, True, host=host)).found
+    # A Debian kernel ignores the option: said, not silently trusted.
+    (host / "proc/version").write_text("Linux version 6.12.117+deb13-arm64 (debian-kernel@lists.debian.org) "
+                                       "(aarch64-linux-gnu-gcc-14 (Debian 14.2.0-19) 14.2.0) #1 SMP Debian 6.12.117-1\n")
+    (host / "proc/cmdline").write_text(cmdline)
+    ignored = check_uts_machine(fixture_root("", True, True, host=host))
+    assert ignored.verdict == WARN and "is not an Ubuntu kernel, which alone knows it: `uname -m` stays armv8l" in ignored.found
+    (host / "proc/cmdline").write_text("root=/dev/vda\n")
+    debian = check_uts_machine(fixture_root("", True, True, host=host))
+    assert debian.verdict == PASS and debian.found.startswith("containers print `uname -m` armv8l")
 
 
 def test_no_cgroups_mounted_fails(tmp_path):
@@ -505,7 +601,7 @@ def test_config_error_and_output_forms(tmp_path):
                           False, out, root)
     assert code == 1
     lines = out.getvalue().splitlines()
-    assert len(lines) == 15
+    assert len(lines) == 18
     assert "FAIL  config             /etc/armhf-agent/agent.toml:3: docker.health_failures: must be >= 1 (got 0)  " \
            "(fix: armhf-agent check-config lists every problem)" in lines
     assert lines[0] == "PASS  architecture       aarch64"
@@ -513,7 +609,7 @@ def test_config_error_and_output_forms(tmp_path):
     out = io.StringIO()
     doctor_command(config, None, True, out, root)
     checks = json.loads(out.getvalue())
-    assert [set(c) for c in checks] == [{"name", "verdict", "found", "fix"}] * 15
+    assert [set(c) for c in checks] == [{"name", "verdict", "found", "fix"}] * 18
     assert {"name": "config", "verdict": "PASS", "found": "valid", "fix": ""} in checks
 
 
@@ -651,7 +747,8 @@ def test_this_machine_end_to_end(base, tmp_path):
     code = doctor_command(config, None, False, out, HostRoot(shell_path=DEFAULT_PATH))
     report = out.getvalue()
     verdicts = {line.split()[1]: line.split()[0] for line in report.splitlines()}
-    assert verdicts == {"architecture": WARN, "aarch32-el0": WARN, "cpu": WARN, "payload": WARN,
+    assert verdicts == {"architecture": WARN, "aarch32-el0": WARN, "cpu": WARN, "kernel-compat": WARN,
+                        "page-size": PASS, "uts-machine": PASS, "payload": WARN,
                         "conflict-socket": PASS, "conflict-services": PASS, "metrics-port": PASS,
                         "shim-precedence": PASS, "config": PASS, "managed-files": WARN, "runtime-wrapper": PASS,
                         "host-docker": PASS,

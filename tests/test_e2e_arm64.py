@@ -4,8 +4,10 @@ runs from here only with ARMHF_AGENT_E2E=1 (minutes of emulated CPU)."""
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -73,13 +75,14 @@ def test_an_empty_console_is_not_ok():
     assert "no probe results on the console" in report.problems
 
 
-def make_deb(tmp_path, depends):
+def make_deb(tmp_path, depends="libc6", version="1.0"):
     root = tmp_path / "pkg"
+    shutil.rmtree(root, ignore_errors=True)
     (root / "DEBIAN").mkdir(parents=True)
     (root / "DEBIAN" / "control").write_text(
-        "Package: probe\nVersion: 1.0\nArchitecture: arm64\nMaintainer: t <t@example.org>\n"
+        f"Package: probe\nVersion: {version}\nArchitecture: arm64\nMaintainer: t <t@example.org>\n"
         f"Description: x\nDepends: {depends}\n")
-    deb = tmp_path / "probe.deb"
+    deb = tmp_path / f"probe_{version}.deb"
     subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(root), str(deb)], check=True, capture_output=True)
     return deb
 
@@ -108,6 +111,208 @@ def test_cache_key_follows_the_build_inputs(tmp_path):
     assert e2e.digest(script, "other") != first
     script.write_text("mmdebstrap --include=a,b\n")
     assert e2e.digest(script, "extra") != first
+
+
+# --- rows: one per Debian release ------------------------------------------------------------------------
+
+BOOKWORM, TRIXIE = e2e.RELEASES["bookworm"], e2e.RELEASES["trixie"]
+
+
+def test_release_option_names_rows_in_order_each_once():
+    assert e2e.parse_releases("trixie") == [TRIXIE]
+    assert e2e.parse_releases(" bookworm, trixie ") == [BOOKWORM, TRIXIE]
+    assert e2e.parse_releases("trixie bookworm") == [TRIXIE, BOOKWORM]
+    with pytest.raises(e2e.UsageError, match=r"unknown release 'bullseye' \(known: bookworm, trixie\)"):
+        e2e.parse_releases("bookworm,bullseye")
+    with pytest.raises(e2e.UsageError, match=r"trixie named twice"):
+        e2e.parse_releases("trixie,trixie")
+    with pytest.raises(e2e.UsageError, match=r"name at least one"):
+        e2e.parse_releases(" , ")
+
+
+def test_without_a_deb_both_rows_run_by_default(tmp_path):
+    assert e2e.choose_releases(None, None) == [BOOKWORM, TRIXIE]
+    assert e2e.choose_releases("trixie", None) == [TRIXIE]
+
+
+def test_a_given_deb_picks_its_own_row(tmp_path):
+    deb12 = make_deb(tmp_path, version="0.1.0+deb12")
+    deb13 = make_deb(tmp_path, version="0.1.0+deb13")
+    # `make e2e-arm64 DEB=...` as before: the row follows from the package's +debNN.
+    assert e2e.choose_releases(None, deb12) == [BOOKWORM]
+    assert e2e.choose_releases(None, deb13) == [TRIXIE]
+    assert e2e.choose_releases("trixie", deb13) == [TRIXIE]
+    with pytest.raises(e2e.UsageError, match=r"was built for Debian 13 \(trixie\), not Debian 12 \(bookworm\)"):
+        e2e.choose_releases("bookworm", deb13)
+    with pytest.raises(e2e.UsageError, match=r"one release's package: give one --release, not bookworm, trixie"):
+        e2e.choose_releases("bookworm,trixie", deb12)
+    untagged = make_deb(tmp_path, version="1.0")
+    with pytest.raises(e2e.UsageError, match=r"its version names no Debian release \(\+debNN\): give --release"):
+        e2e.choose_releases(None, untagged)
+    assert e2e.choose_releases("bookworm", untagged) == [BOOKWORM]
+    with pytest.raises(e2e.UsageError, match=r"version 0.1.0\+deb11 is for Debian 11, which has no row here"):
+        e2e.choose_releases(None, make_deb(tmp_path, version="0.1.0+deb11"))
+
+
+def test_bad_release_option_is_exit_2_naming_it(capsys):
+    assert e2e.main(["--release", "sid"]) == 2
+    assert "unknown release 'sid'" in capsys.readouterr().err
+
+
+def test_cache_keys_carry_the_release_and_only_the_container_image_is_shared():
+    bookworm, trixie = e2e.image_keys(BOOKWORM), e2e.image_keys(TRIXIE)
+    assert bookworm["base"] != trixie["base"]
+    assert bookworm["payload"] != trixie["payload"]
+    assert set(e2e.shared_keys()) == {"armhf-rootfs"} and not set(e2e.shared_keys()) & set(bookworm)
+    # The same release asked twice gives the same keys: a warm run rebuilds nothing.
+    assert e2e.image_keys(TRIXIE) == trixie
+    cache = Path("/c")
+    assert e2e.release_cache(cache, BOOKWORM) != e2e.release_cache(cache, TRIXIE)
+
+
+def test_each_row_keeps_its_own_cache_folder(tmp_path):
+    """A new key removes that row's older builds of the same image, never the other row's (nor the
+    entries at the top that the harness kept before it had rows)."""
+    def build(folder, key):
+        return e2e.cached(folder, "base", key, ["sh", "-c", 'touch "$1/made"', "sh"], timings)
+
+    timings = {}
+    legacy = tmp_path / "base-0000000000000000"
+    legacy.mkdir()
+    bookworm = build(e2e.release_cache(tmp_path, BOOKWORM), "1111111111111111")
+    old_trixie = build(e2e.release_cache(tmp_path, TRIXIE), "2222222222222222")
+    new_trixie = build(e2e.release_cache(tmp_path, TRIXIE), "3333333333333333")
+    assert (bookworm / "made").is_file() and (new_trixie / "made").is_file()
+    assert not old_trixie.exists() and legacy.is_dir()
+    assert build(e2e.release_cache(tmp_path, TRIXIE), "3333333333333333") == new_trixie
+    assert timings["base"] == "cached"
+
+
+def test_a_logged_build_failure_names_its_log_and_quotes_its_end(tmp_path):
+    log = tmp_path / "build.log"
+    script = 'echo step one; echo "mmdebstrap: E: cannot find package docker-biuldx" >&2; exit 3'
+    with pytest.raises(e2e.BuildError) as failed:
+        e2e.cached(tmp_path / "trixie", "base", "4444444444444444", ["sh", "-c", script, "sh"], {}, log)
+    assert f"building base failed (exit 3), end of {log}:" in str(failed.value)
+    assert "cannot find package docker-biuldx" in str(failed.value)
+    # Nothing half-built is left to pass for a cached image next time.
+    assert list((tmp_path / "trixie").iterdir()) == []
+    built = e2e.cached(tmp_path / "trixie", "base", "5555555555555555",
+                       ["sh", "-c", 'echo into the log; touch "$1/made"', "sh"], {}, log)
+    assert (built / "made").is_file()
+    assert "into the log" in log.read_text() and "== base: sh -c" in log.read_text()
+
+
+def test_one_rows_failure_is_that_rows_own():
+    def broken():
+        raise e2e.BuildError("building deb-chroot failed (exit 1)")
+
+    def usage():
+        raise e2e.UsageError("the guest lacks libfoo1")
+
+    def command():
+        raise subprocess.CalledProcessError(4, ["mke2fs", "-d", "x"])
+
+    rows = [e2e.Row(BOOKWORM), e2e.Row(TRIXIE), e2e.Row(TRIXIE)]
+    for row, step in zip(rows, (broken, usage, command)):
+        e2e.failing(row, step)
+    assert [(r.error, r.usage) for r in rows] == [("building deb-chroot failed (exit 1)", False),
+                                                   ("the guest lacks libfoo1", True), ("mke2fs -d x exited 4", False)]
+    assert e2e.exit_status(rows) == 2 and e2e.exit_status(rows[:1]) == 1
+
+
+def test_rows_are_prepared_side_by_side_each_with_its_own_log(tmp_path, monkeypatch):
+    """Each row's prepare waits for the other to be under way: done one after the other, the
+    barrier would break (its timeout) and the rows would fail."""
+    meet = threading.Barrier(2, timeout=10)
+    logs = {}
+
+    def prepare(row, args, deb, shared, log=None):
+        logs[row.release.codename] = log
+        try:
+            meet.wait()
+        except threading.BrokenBarrierError:
+            row.error = "prepared alone"
+
+    monkeypatch.setattr(e2e, "prepare_row", prepare)
+    args = type("Args", (), {"cache": tmp_path})()
+    rows = [e2e.Row(BOOKWORM), e2e.Row(TRIXIE)]
+    e2e.prepare_rows(rows, args, None, {})
+    assert [r.error for r in rows] == ["", ""]
+    assert logs == {"bookworm": tmp_path / "bookworm" / "build.log", "trixie": tmp_path / "trixie" / "build.log"}
+    # A single row streams its builds to the terminal, as before rows existed.
+    monkeypatch.setattr(e2e, "prepare_row", lambda row, args, deb, shared, log=None: logs.update(alone=log))
+    e2e.prepare_rows([e2e.Row(TRIXIE)], args, None, {})
+    assert logs["alone"] is None
+
+
+def payload_dirs(tmp_path, first, second=None):
+    built = {"payload": tmp_path / "p1", "armhf-rootfs": tmp_path / "rootfs"}
+    for folder in built.values():
+        folder.mkdir(parents=True)
+    (built["payload"] / f"docker-{first}.tgz").write_bytes(b"1")
+    (built["armhf-rootfs"] / "debian-armhf.tar").write_bytes(b"r")
+    if second:
+        built["payload-update"] = tmp_path / "p2"
+        built["payload-update"].mkdir()
+        (built["payload-update"] / f"docker-{second}.tgz").write_bytes(b"2")
+    return built
+
+
+def test_the_second_payload_goes_to_update_on_the_data_disk(tmp_path):
+    files = e2e.data_files(payload_dirs(tmp_path, "26.1.5", "28.5.2"), None)
+    assert sorted(files) == ["debian-armhf.tar", "docker-26.1.5.tgz", "update/docker-28.5.2.tgz"]
+    assert files["update/docker-28.5.2.tgz"].read_bytes() == b"2"
+    # A row without one has no update/ folder, so its guest runs no update probe.
+    assert "update" not in "".join(e2e.data_files(payload_dirs(tmp_path / "b", "20.10.24"), None))
+
+
+def test_an_update_to_the_same_version_is_refused(tmp_path):
+    with pytest.raises(e2e.UsageError, match=r"same Docker version"):
+        e2e.data_files(payload_dirs(tmp_path, "26.1.5", "26.1.5"), None)
+
+
+def test_only_the_trixie_row_has_a_second_payload_and_the_buildx_plugin():
+    assert BOOKWORM.update_suites == () and TRIXIE.update_suites == ("sid",)
+    assert "docker-buildx" in TRIXIE.guest_packages and "docker-buildx" not in BOOKWORM.guest_packages
+    assert TRIXIE.suites == ("trixie", "trixie-updates")
+
+
+def row(release, lines):
+    result = e2e.Row(release, report=e2e.parse_console(lines))
+    e2e.check_guest_release(result.report, release)
+    return result
+
+
+def test_the_guest_must_be_the_rows_release():
+    wrong = row(TRIXIE, ["E2E INFO release bookworm\n", "E2E PASS a x 1.000s\n", "E2E DONE 1 0\n"])
+    assert not wrong.ok and "the guest says it is bookworm, this row is trixie" in wrong.report.problems
+    silent = row(TRIXIE, ["E2E PASS a x 1.000s\n", "E2E DONE 1 0\n"])
+    assert not silent.ok
+    right = row(TRIXIE, ["E2E INFO release trixie\n", "E2E PASS a x 1.000s\n", "E2E DONE 1 0\n"])
+    assert right.ok
+
+
+def test_probe_by_row_table():
+    rows = [row(BOOKWORM, ["E2E INFO release bookworm\n", "E2E PASS agent.start x 1.000s\n",
+                           "E2E FAIL agent.doctor y 2.000s\n", "E2E DONE 1 1\n"]),
+            row(TRIXIE, ["E2E INFO release trixie\n", "E2E PASS agent.start x 1.000s\n",
+                         "E2E PASS agent.doctor y 2.000s\n", "E2E PASS update.to-28.5.2 z 3.000s\n",
+                         "E2E DONE 3 0\n"]),
+            e2e.Row(BOOKWORM, error="mmdebstrap exited 1")]
+    lines = e2e.format_matrix(rows).splitlines()
+    assert lines[0].split() == ["probe", "Debian", "12", "(bookworm)", "Debian", "13", "(trixie)", "Debian", "12",
+                                "(bookworm)"]
+    assert [line.split() for line in lines[1:]] == [
+        ["agent.start", "PASS", "PASS", "-"],
+        ["agent.doctor", "FAIL", "PASS", "-"],
+        ["update.to-28.5.2", "-", "PASS", "-"],
+        ["passed", "1/2", "3/3", "not", "run"],
+        ["problems", "0", "0", "error"],
+    ]
+    assert e2e.exit_status(rows[1:2]) == 0
+    assert e2e.exit_status(rows) == 1
+    assert e2e.exit_status([*rows, e2e.Row(TRIXIE, error="x", usage=True)]) == 2
 
 
 @pytest.mark.slow

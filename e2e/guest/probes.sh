@@ -43,6 +43,8 @@ expect() {
 }
 
 cpu_count=$(grep -c '^processor' /proc/cpuinfo)
+# The host checks that the guest is the row's release (a cached disk of another release would pass as it).
+info release "$(. /etc/os-release && echo "$VERSION_CODENAME")"
 info kernel "$(uname -r)"
 info cpu-part "$(sed -n 's/^CPU part[[:space:]]*: //p' /proc/cpuinfo | sort -u | tr '\n' ' ')"
 info cpus "$cpu_count"

@@ -8,6 +8,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 echo e2e-arm64 > "$root/etc/hostname"
 echo "LABEL=e2e-root / ext4 rw 0 1" > "$root/etc/fstab"
 install -m 0644 "$here/e2e-probes.service" "$root/etc/systemd/system/e2e-probes.service"
+# The wants folder exists only once some package enabled a unit there (not in every release's minbase).
+mkdir -p "$root/etc/systemd/system/multi-user.target.wants"
 ln -sf /etc/systemd/system/e2e-probes.service "$root/etc/systemd/system/multi-user.target.wants/e2e-probes.service"
 # A login prompt on the serial console would interleave with the probe lines; the timers would spend
 # emulated CPU on apt and fstrim while probes are timed.

@@ -20,11 +20,20 @@ check_info_architecture() {
     expect architecture armv8l "$($DOCKER info -f '{{.Architecture}}')"
 }
 
-# `docker import` stamps linux/arm with no variant whatever the daemon reads (reference/platform.md).
-check_import() {
+engine_major() { $DOCKER version -f '{{.Server.Version}}' | cut -d. -f1; }
+
+# `docker import` stamps the daemon's own platform from Docker 23 on (moby#43103 gave import a
+# platform, the daemon's by default): linux/arm/v7 under the agent, measured on 26.1.5. Docker 20.10
+# stamps linux/arm with no variant whatever the daemon reads (reference/platform.md).
+check_import() {  # DAEMON_VARIANT
     $DOCKER image inspect "$IMAGE" > /dev/null 2>&1 || $DOCKER import "$E2E/debian-armhf.tar" "$IMAGE" || return 1
-    expect platform linux/arm/ "$($DOCKER image inspect -f '{{.Os}}/{{.Architecture}}/{{.Variant}}' "$IMAGE")"
+    want=""
+    [ "$(engine_major)" -ge 23 ] && want=$1
+    expect "platform(docker $(engine_major))" "linux/arm/$want" "$($DOCKER image inspect -f '{{.Os}}/{{.Architecture}}/{{.Variant}}' "$IMAGE")"
 }
+
+# The variant an image built FROM BASE inherits: BASE's own (none for scratch).
+base_variant() { [ "$1" = scratch ] || $DOCKER image inspect -f '{{.Variant}}' "$1"; }
 
 check_uname() {  # EXPECTED
     expect uname-m "$1" "$(run_in "$IMAGE" uname -m)"
@@ -64,16 +73,20 @@ build_image() {
     env DOCKER_BUILDKIT="$1" $DOCKER build --network none -t "$2" "$ctx"
 }
 
+# EXPECTED_VARIANT "base": the base image's own variant (see check_buildkit_target).
 check_built_variant() {  # BUILDKIT TAG BASE EXPECTED_VARIANT
+    want=$4
+    [ "$want" = base ] && want=$(base_variant "$3")
     build_image "$1" "$2" "$3" || { detail="build failed"; return 1; }
-    expect variant "$4" "$($DOCKER image inspect -f '{{.Variant}}' "$2")"
+    expect variant "$want" "$($DOCKER image inspect -f '{{.Variant}}' "$2")"
 }
 
 # BuildKit passes TARGET* from the daemon's own platform. Its image, like the classic builder's,
-# inherits the base image's platform: FROM the imported (variant-less) Debian image it has none,
-# measured here; only FROM scratch does the daemon's variant reach the image.
+# inherits the base image's platform: FROM an image imported by Docker 20.10 (no variant) it has none,
+# FROM one imported by Docker 26 (v7) it is v7, measured here; FROM scratch the daemon's variant
+# reaches the image either way.
 check_buildkit_target() {  # TAG EXPECTED_VARIANT
     build_image 1 "$1" "$IMAGE" || { detail="build failed"; return 1; }
-    expect TARGETPLATFORM,TARGETVARIANT,image-variant "linux/arm/$2,$2," \
+    expect TARGETPLATFORM,TARGETVARIANT,image-variant "linux/arm/$2,$2,$(base_variant "$IMAGE")" \
         "$(run_in "$1" cat /target | tr ' ' ','),$($DOCKER image inspect -f '{{.Variant}}' "$1")"
 }

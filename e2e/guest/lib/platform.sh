@@ -96,7 +96,7 @@ probe v7.dockerd-cpuinfo check_daemon_cpuinfo
 probe v7.host-cpuinfo check_host_cpuinfo_untouched
 probe v7.server-platform check_server_platform
 probe v7.info-architecture check_info_architecture
-probe v7.import check_import
+probe v7.import check_import v7
 probe v7.uname check_uname armv8l
 probe v7.config-guess check_config_guess armv8l-unknown-linux-gnueabihf
 probe v7.long-bit check_long_bit
@@ -104,9 +104,9 @@ probe v7.dpkg-arch check_dpkg_architecture
 probe v7.cpuinfo-mounted check_container_cpuinfo "arch=7 processors=$cpu_count" $CPUINFO_MOUNT
 probe v7.cpuinfo-unmounted check_container_cpuinfo "arch=8 processors=$cpu_count"
 probe v7.scratch-classic check_built_variant 0 e2e-scratch-classic scratch v7
-# The classic builder copies the base image's platform: FROM an imported (variant-less) image the
-# result has no variant either, whatever the daemon reads (BuildKit too, see check_buildkit_target).
-probe v7.debian-classic check_built_variant 0 e2e-debian-classic "$IMAGE" ""
+# The classic builder copies the base image's platform: FROM an image imported by 20.10 (no variant)
+# the result has no variant either, whatever the daemon reads (BuildKit too, see check_buildkit_target).
+probe v7.debian-classic check_built_variant 0 e2e-debian-classic "$IMAGE" base
 probe v7.scratch-buildkit check_built_variant 1 e2e-scratch-buildkit scratch v7
 probe v7.buildkit-target check_buildkit_target e2e-debian-buildkit v7
 probe v7.dockerd-stop stop_dockerd
