@@ -28,7 +28,7 @@ for _p in (str(REPO / "tests"), str(REPO)):
         sys.path.insert(0, _p)
 
 from agentproc import AgentProcess, agent_config, pid_alive  # noqa: E402
-from harness import docker_cli, make_busybox_tar, make_payload, new_base, ping, wait_for  # noqa: E402
+from harness import docker_cli, make_busybox_tar, make_payload, new_base, ping, unmount_under, wait_for  # noqa: E402
 
 SENTINEL = "sentinel"
 
@@ -149,8 +149,8 @@ class Rig:
                     os.kill(int(pid), 9)
                 except OSError:
                     pass
-        if self.small_fs:
-            subprocess.run(["umount", "-l", str(self.base / "root")], capture_output=True)
+        # The small tmpfs, and the namespace the agent keeps for its dockerds (<run_dir>/ns).
+        unmount_under(self.base)
         shutil.rmtree(self.base, ignore_errors=True)
 
     def __enter__(self) -> "Rig":

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from bench.rig import REPO, Rig, pid_alive, ping, wait_for
+from bench.rig import REPO, SENTINEL, Rig, pid_alive, ping, wait_for
 
 import tamper  # noqa: E402  (tests/tamper.py: bench.rig puts tests/ on sys.path)
 
@@ -617,4 +617,24 @@ def slow_clients(rig: Rig) -> None:
     rig.wait_log(0, r"metrics http: closed the connection from \S+: still in its request after "
                     r"request_timeout_seconds=10")
     assert _get(rig.metrics_url)[0] == 200
+    rig.assert_nothing_lost(dockerd_restarted=False)
+
+
+@case("dockerd SIGKILL with --live-restore, then docker exec into the survivor",
+      docker__args=["--bridge=none", "--iptables=false", "--live-restore"])
+def dockerd_sigkill_live_restore(rig: Rig) -> None:
+    """The successor joins the namespace the agent keeps for its dockerds (agent/launch.py), so the
+    container --live-restore kept is reachable, not only running (before: exec failed on its rootfs)."""
+    pid, before, mark = rig.dockerd_pid(), rig.counters(), rig.mark()
+    ns = os.readlink(f"/proc/{pid}/ns/mnt")
+    survivor = rig.sentinel_pid
+    os.kill(pid, signal.SIGKILL)
+    new = rig.agent.wait_running(60, other_than=pid)
+    rig.wait_log(mark, r"RUNNING -> BACKOFF: pid %d killed by SIGKILL" % pid)
+    assert os.readlink(f"/proc/{new}/ns/mnt") == ns, "the successor is in the kept namespace"
+    wait_for(lambda: rig.sentinel().get("Running") and rig.sentinel().get("Pid") == survivor, 30, 0.2,
+             "the sentinel kept running, the same process")
+    r = rig.docker("exec", SENTINEL, "cat", "/proc/self/comm", check=False)
+    assert r.returncode == 0 and r.stdout.strip() == "cat", r.stderr
+    bumped(rig, before, "dockerd.restarts.exited")
     rig.assert_nothing_lost(dockerd_restarted=False)
