@@ -35,6 +35,7 @@ MS_PRIVATE = 1 << 18
 MS_SLAVE = 1 << 19
 MNT_DETACH = 0x2
 NS_GET_NSTYPE = 0xB703        # ioctl_ns(2): _IO(0xb7, 0x3)
+NS_GET_MNTNS_ID = 0x8008B705  # ioctl_ns(2): _IOR(0xb7, 0x5, __u64), Linux >= 6.8
 # personality(2): the low byte is the execution domain; PER_LINUX32 makes an arm64 kernel answer
 # `uname -m` with armv8l (../shared/reference/platform.md, "uname -m: aarch64 vs armv8l").
 PER_LINUX32 = 0x0008
@@ -116,6 +117,28 @@ def mount_points():
         return {line.split()[4].replace("\\040", " ") for line in f}
 
 
+# The kernel binds a namespace file only into a namespace older than it (fs/namespace.c mnt_ns_loop:
+# EINVAL unless the binder's id is lower). Since Linux 6.18 the ids come from per-CPU batches
+# (include/linux/cookie.h), so a namespace made later on another CPU can have the lower id: seen here,
+# a launcher in a non-initial namespace (a container, a test's chroot) failed to pin about half its
+# namespaces. The initial namespace (the agent under systemd) has the lowest id and never meets it.
+
+def mnt_ns_id(fd):
+    """The id the loop check compares, or None (a kernel before NS_GET_MNTNS_ID)."""
+    buf = bytearray(8)
+    try:
+        fcntl.ioctl(fd, NS_GET_MNTNS_ID, buf)
+    except OSError:
+        return None
+    return int.from_bytes(buf, sys.byteorder)
+
+
+def older_than(fd_a, fd_b):
+    """True if the kernel would refuse to bind namespace `fd_a` from namespace `fd_b` (a's id is lower)."""
+    a, b = mnt_ns_id(fd_a), mnt_ns_id(fd_b)
+    return a is not None and b is not None and a <= b
+
+
 def open_pin(pin):
     """The mount namespace kept at `pin`, as an open descriptor, or None (no pin, or not a live one)."""
     try:
@@ -182,8 +205,7 @@ def enter_namespace(pin):
         os.close(fd)
         return True
     host = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
-    private_namespace()
-    ours = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    ours = new_namespace_younger_than(host)
     check(libc.setns(host, CLONE_NEWNS), "return to the host's namespace")
     problem = pin_namespace(ours, pin)
     check(libc.setns(ours, CLONE_NEWNS), "re-enter the new namespace")
@@ -193,6 +215,26 @@ def enter_namespace(pin):
     os.close(host)
     os.close(ours)
     return False
+
+
+def new_namespace_younger_than(host):
+    """Unshares into a new private namespace, as a descriptor; one the kernel will let `host` pin (see
+    mnt_ns_id) if any CPU this process may run on makes one. dockerd inherits the affinity: restored."""
+    allowed = os.sched_getaffinity(0)
+    private_namespace()
+    ours = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for cpu in sorted(allowed):
+            if not older_than(ours, host):
+                break
+            os.sched_setaffinity(0, {cpu})
+            check(libc.setns(host, CLONE_NEWNS), "return to the host's namespace")
+            os.close(ours)               # the refused namespace goes with its last reference
+            private_namespace()
+            ours = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.sched_setaffinity(0, allowed)
+    return ours
 
 
 def pin_running(pid, ticks, pin):
@@ -209,6 +251,12 @@ def pin_running(pid, ticks, pin):
         os.close(kept)
         if same:
             return
+    here = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    if older_than(fd, here):
+        die(EXIT_SETUP_FAILED, f"the kernel will not keep pid {pid}'s mount namespace from this one: its id "
+                               f"{mnt_ns_id(fd)} is not above this namespace's {mnt_ns_id(here)} (ids come in "
+                               "per-CPU batches since Linux 6.18; the initial namespace never meets this)")
+    os.close(here)
     problem = pin_namespace(fd, pin)
     if problem:
         die(EXIT_SETUP_FAILED, problem)

@@ -182,8 +182,9 @@ for suite in $SUITES; do
     repo=armhf-agent-$suite
     aptly_ repo show "$repo" >/dev/null 2>&1 \
         || aptly_ repo create -distribution="$suite" -component=main -comment="armhf-agent for $suite" "$repo" >/dev/null
-    # aptly names the file in its refusal ("conflict in package ...": another build under a version
-    # already published); the exit status says it failed.
+    # aptly names the package in its refusal (another build under a version already published:
+    # "conflict in package ..." in aptly 1.5, "package already exists and is different: ..." in 1.6);
+    # the exit status says it failed.
     if ! added=$(aptly_ repo add "$repo" "$keyring_deb" 2>&1); then
         echo "$added" >&2
         die "the keyring (${keyring_fprs[*]}) differs from the published $KEYRING_PKG $keyring_version (e.g. a key was dropped): set REPO_KEYRING_VERSION higher"

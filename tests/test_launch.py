@@ -7,6 +7,7 @@ rebind failed on the missing mount), so the helper must refuse a bad source with
 mount, and recover from a missing or stacked mount.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -41,15 +42,34 @@ def confined(tmp_path):
     """A process in the helper's private namespace, the file it was started with, and that file's path."""
     path = tmp_path / "hijacked"
     path.write_bytes(b"processor\t: 0\nCPU architecture: 7\n\n")
-    proc = subprocess.Popen(HELPER + ["--cpuinfo", str(path), "--", "/bin/sleep", "600"])
-    deadline = time.monotonic() + 10
-    while not cpuinfo_mounts(proc.pid):
-        assert proc.poll() is None, "the helper exited before exec'ing"
-        assert time.monotonic() < deadline, "no bind over /proc/cpuinfo appeared"
-        time.sleep(0.01)
+    # A namespace this one may pin (--pin): on some CPU its id is above ours (see younger_than_us).
+    for cpu in sorted(os.sched_getaffinity(0)):
+        proc = subprocess.Popen(HELPER + ["--cpuinfo", str(path), "--", "/bin/sleep", "600"],
+                                preexec_fn=lambda cpu=cpu: os.sched_setaffinity(0, {cpu}))
+        deadline = time.monotonic() + 10
+        while not cpuinfo_mounts(proc.pid):
+            assert proc.poll() is None, "the helper exited before exec'ing"
+            assert time.monotonic() < deadline, "no bind over /proc/cpuinfo appeared"
+            time.sleep(0.01)
+        if younger_than_us(proc.pid):
+            break
+        proc.kill()
+        proc.wait()
     yield proc.pid, path
     proc.kill()
     proc.wait()
+
+
+def younger_than_us(pid):
+    """Whether the kernel lets this namespace bind pid's namespace file (agent/launch.py mnt_ns_id: the
+    ids come in per-CPU batches on Linux 6.18; in a chroot's namespace about half the new ones are older)."""
+    from agent.launch import older_than
+    theirs, ours = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY), os.open("/proc/self/ns/mnt", os.O_RDONLY)
+    try:
+        return not older_than(theirs, ours)
+    finally:
+        os.close(theirs)
+        os.close(ours)
 
 
 def replace(path, content):
@@ -267,3 +287,77 @@ def test_pin_keeps_a_running_processs_namespace_and_release_lets_go(confined, tm
         assert release_pin(str(pin)) is False
     finally:
         unmount_under(tmp_path)
+
+
+# Run inside a namespace of its own (the agent in a container, or a test's chroot): from there, launches
+# and pins on every CPU, with an oracle that does not ask agent/launch.py: the ids read by ioctl here.
+FROM_A_NAMESPACE = r"""
+import fcntl, json, os, subprocess, sys, time
+helper, cpuinfo, base, cpus = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+os.sched_setaffinity(0, cpus)          # made on one CPU, this namespace may launch on any
+def ns_id(path):
+    fd, buf = os.open(path, os.O_RDONLY), bytearray(8)
+    try:
+        fcntl.ioctl(fd, 0x8008B705, buf)
+        return int.from_bytes(buf, sys.byteorder)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+def kept(pin):
+    return any(line.split()[4] == pin for line in open("/proc/self/mountinfo"))
+mine, launches, out = ns_id("/proc/self/ns/mnt"), [], []
+# The launcher may run on any CPU (as under the agent): the scheduler picks where it starts.
+for i in range(4 * len(cpus)):
+    pin = f"{base}/launch-{i}/ns/dockerd"
+    run = subprocess.run([sys.executable, "-I", "-S", helper, "--cpuinfo", cpuinfo, "--namespace", pin, "--",
+                          "/bin/grep", "Cpus_allowed_list", "/proc/self/status"], capture_output=True, text=True)
+    launches.append(dict(rc=run.returncode, err=run.stderr, kept=kept(pin), cpus=run.stdout.split()[-1:]))
+for cpu in cpus:
+    on = lambda: os.sched_setaffinity(0, {cpu})
+    sleeper = subprocess.Popen(["unshare", "-m", "--", "sleep", "60"], preexec_fn=on)
+    while os.readlink(f"/proc/{sleeper.pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt"):
+        time.sleep(0.01)
+    theirs = ns_id(f"/proc/{sleeper.pid}/ns/mnt")
+    with open(f"/proc/{sleeper.pid}/stat") as f:
+        ticks = f.read().rsplit(")", 1)[1].split()[19]
+    pin2 = f"{base}/pin-{cpu}/ns/dockerd"
+    pinned = subprocess.run([sys.executable, "-I", "-S", helper, "--pin", str(sleeper.pid), "--start-ticks", ticks,
+                             "--namespace", pin2], capture_output=True, text=True)
+    sleeper.kill()
+    out.append(dict(cpu=cpu, pin_rc=pinned.returncode, pin_err=pinned.stderr, pin_kept=kept(pin2),
+                    pinnable=None if mine is None or theirs is None else theirs > mine, mine=mine, theirs=theirs))
+print(json.dumps(dict(launches=launches, pins=out)))
+"""
+
+
+def test_from_a_namespace_of_its_own_every_launch_keeps_its_namespace_and_a_refused_pin_says_why(tmp_path):
+    cpuinfo = tmp_path / "hijacked"
+    cpuinfo.write_bytes(b"processor\t: 0\nCPU architecture: 7\n\n")
+    launches, results, cpus = [], [], sorted(os.sched_getaffinity(0))
+    for cpu in cpus:                                # the outer namespace made on each CPU in turn
+        done = subprocess.run(["unshare", "-m", "--propagation", "private", "--", sys.executable, "-c",
+                               FROM_A_NAMESPACE, LAUNCHER, str(cpuinfo), str(tmp_path / f"outer-{cpu}"),
+                               json.dumps(cpus)],
+                              preexec_fn=lambda cpu=cpu: os.sched_setaffinity(0, {cpu}),
+                              capture_output=True, text=True, check=True)
+        got = json.loads(done.stdout)
+        launches += got["launches"]
+        results += got["pins"]
+    assert str(tmp_path) not in " ".join(host_mount_points()), "the outer namespaces' pins stayed inside them"
+    # The launcher finds a CPU that makes a namespace it may keep, whichever CPU it started on (without
+    # that, about half of these failed here: the outer namespace made on the CPU with the later batch).
+    assert [r for r in launches if not (r["rc"] == 0 and r["kept"] and r["err"] == "")] == []
+    # ... and what it execs (dockerd) may run on every CPU it could, as before.
+    with open("/proc/self/status") as f:
+        ours = [line.split()[-1] for line in f if line.startswith("Cpus_allowed_list")]
+    assert {tuple(r["cpus"]) for r in launches} == {tuple(ours)}
+    for r in results:
+        # A running process's namespace is kept when the kernel allows it; otherwise the refusal names why.
+        if r["pinnable"] is False:
+            assert r["pin_rc"] == 70 and not r["pin_kept"], r
+            assert f"its id {r['theirs']} is not above this namespace's {r['mine']}" in r["pin_err"], r
+        else:
+            assert r["pin_rc"] == 0 and r["pin_kept"], r
+    inverted = sum(r["pinnable"] is False for r in results)
+    print(f"{len(launches)} launches, {len(results)} pins from namespaces of their own; {inverted} pins with the ids inverted")
