@@ -10,9 +10,9 @@
 #   make e2e-arm64 E2E_CPU=a64fx         a CPU without AArch32 at EL0 (Graviton4-like)
 # Everything is cached under /var/cache/armhf-agent-build/e2e (ARMHF_AGENT_E2E_CACHE), keyed on its inputs; exit 0 only if every probe passed.
 E2E_CPU ?= neoverse-n1
-E2E_TIMEOUT ?= 1200
+E2E_TIMEOUT ?=
 E2E_RELEASE ?=
 
 .PHONY: e2e-arm64
 e2e-arm64:
-	python3 e2e/e2e_arm64.py --cpu $(E2E_CPU) --timeout $(E2E_TIMEOUT) $(if $(E2E_RELEASE),--release $(E2E_RELEASE)) $(if $(DEB),--deb $(DEB)) $(if $(E2E_NO_AGENT),--no-agent)
+	python3 e2e/e2e_arm64.py --cpu $(E2E_CPU) $(if $(E2E_TIMEOUT),--timeout $(E2E_TIMEOUT)) $(if $(E2E_RELEASE),--release $(E2E_RELEASE)) $(if $(DEB),--deb $(DEB)) $(if $(E2E_NO_AGENT),--no-agent)

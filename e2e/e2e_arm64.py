@@ -32,7 +32,9 @@ DEFAULT_CACHE = Path(os.environ.get("ARMHF_AGENT_E2E_CACHE", "/var/cache/armhf-a
 # cortex-a72 (agent run 344 s vs 346 s). a64fx has no AArch32 at all (reference/test-environment.md).
 DEFAULT_CPU = "neoverse-n1"
 NO_AARCH32_CPUS = {"a64fx"}
-DEFAULT_TIMEOUT_SECONDS = 1200
+# A row's whole run: Debian 13's, with the update and multi-platform probes, took 1362 s here (the test
+# suite running beside it; about 2 cores busy); Debian 12's about 440 s.
+DEFAULT_TIMEOUT_SECONDS = 1800
 # The guest prints its first E2E line ~10-40 s after QEMU starts here; a guest silent for this long
 # never booted, and waiting out the whole run would only delay the verdict.
 BOOT_TIMEOUT_SECONDS = 300
@@ -73,6 +75,9 @@ class Release:
     guest_extra: tuple[str, ...] = ()
     # A second payload from these suites, for the update probes (e2e/guest/lib/update.sh); none: no update probes.
     update_suites: tuple[str, ...] = ()
+    # The host's own docker.service beside the agent's, and a three-platform buildx build (issue 17:
+    # e2e/guest/lib/multiplatform.sh); its packages are in guest_extra.
+    multiplatform: bool = False
 
     @property
     def suites(self) -> tuple[str, ...]:
@@ -99,7 +104,11 @@ RELEASES = {
     # release nor the payload carries it, a fleet host has it beside its own engine (docker-buildx-plugin),
     # so the guest has the host's (arm64) one in /usr/libexec/docker/cli-plugins, where the CLI looks.
     # The update payload: sid's docker.io 28.5.2, whose armhf libraries trixie satisfies (issue 15).
-    "trixie": Release("trixie", "13", ("libc6", "libsystemd0", "libseccomp2"), ("docker-buildx",), ("sid",)),
+    # docker.io, docker-cli (Debian 13 ships the client apart) and docker-registry, arm64: the host's own
+    # Docker and a registry on loopback for the multi-platform probes (issue 17); customize.sh masks
+    # their units until those probes run.
+    "trixie": Release("trixie", "13", ("libc6", "libsystemd0", "libseccomp2"),
+                      ("docker-buildx", "docker.io", "docker-cli", "docker-registry"), ("sid",), multiplatform=True),
 }
 DEFAULT_RELEASES = ("bookworm", "trixie")
 
@@ -376,14 +385,18 @@ def image_keys(release: Release) -> dict[str, str]:
 
 def shared_keys() -> dict[str, str]:
     """The keys of what every row shares: one container image (a bookworm armhf minbase), only
-    something to `docker import`, whatever the guest's release."""
-    return {"armhf-rootfs": digest(HERE / "build-armhf-rootfs.sh")}
+    something to `docker import`, whatever the guest's release; the multi-platform build's userlands."""
+    return {"armhf-rootfs": digest(HERE / "build-armhf-rootfs.sh"),
+            "multiplatform": digest(HERE / "build-multiplatform.sh")}
 
 
 def build_shared(cache: Path, timings: dict[str, str]) -> dict[str, Path]:
     """What every row uses, built once before the rows are (side by side, they would race for it)."""
-    return {"armhf-rootfs": cached(cache, "armhf-rootfs", shared_keys()["armhf-rootfs"],
-                                   [str(HERE / "build-armhf-rootfs.sh")], timings)}
+    keys = shared_keys()
+    return {"armhf-rootfs": cached(cache, "armhf-rootfs", keys["armhf-rootfs"],
+                                   [str(HERE / "build-armhf-rootfs.sh")], timings),
+            "multiplatform": cached(cache, "multiplatform", keys["multiplatform"],
+                                    [str(HERE / "build-multiplatform.sh")], timings)}
 
 
 def build_images(cache: Path, release: Release, mode: str, timings: dict[str, str],
@@ -402,9 +415,10 @@ def build_images(cache: Path, release: Release, mode: str, timings: dict[str, st
     return built
 
 
-def data_files(built: dict[str, Path], deb: Path | None) -> dict[str, Path]:
+def data_files(built: dict[str, Path], deb: Path | None, multiplatform: bool = False) -> dict[str, Path]:
     """Name on the data disk -> file. The row's payload at the top (`docker-*.tgz`), the second
-    payload, when the row has one, in update/: the update probes run when that folder exists."""
+    payload, when the row has one, in update/: the update probes run when that folder exists; the
+    multi-platform userlands in multiplatform/, likewise, for a row with the agent and that flag."""
     payload = next(built["payload"].glob("docker-*.tgz"))
     files = {payload.name: payload, "debian-armhf.tar": built["armhf-rootfs"] / "debian-armhf.tar"}
     if "payload-update" in built:
@@ -414,6 +428,9 @@ def data_files(built: dict[str, Path], deb: Path | None) -> dict[str, Path]:
         files[f"update/{update.name}"] = update
     if deb:
         files["armhf-agent.deb"] = deb
+        if multiplatform:
+            for tar in sorted(built["multiplatform"].glob("rootfs-*.tar")):
+                files[f"multiplatform/{tar.name}"] = tar
     return files
 
 
@@ -541,7 +558,7 @@ def prepare_row(row: Row, args, deb: Path | None, shared: dict[str, Path], log: 
             check_dependencies(built["base"], row_deb)
         run_dir = release_cache(args.cache, release) / f"run-{args.cpu}-{mode}"
         run_dir.mkdir(parents=True, exist_ok=True)
-        row.boot_with = (built["base"], make_data_disk(run_dir, data_files(built, row_deb), mode), run_dir)
+        row.boot_with = (built["base"], make_data_disk(run_dir, data_files(built, row_deb, release.multiplatform and mode == "agent"), mode), run_dir)
         print(f"e2e: {release.title}: prepared (mode {mode}, cpu {args.cpu})", file=sys.stderr, flush=True)
 
     failing(row, step)

@@ -159,11 +159,11 @@ def test_bad_release_option_is_exit_2_naming_it(capsys):
     assert "unknown release 'sid'" in capsys.readouterr().err
 
 
-def test_cache_keys_carry_the_release_and_only_the_container_image_is_shared():
+def test_cache_keys_carry_the_release_and_only_the_container_images_are_shared():
     bookworm, trixie = e2e.image_keys(BOOKWORM), e2e.image_keys(TRIXIE)
     assert bookworm["base"] != trixie["base"]
     assert bookworm["payload"] != trixie["payload"]
-    assert set(e2e.shared_keys()) == {"armhf-rootfs"} and not set(e2e.shared_keys()) & set(bookworm)
+    assert set(e2e.shared_keys()) == {"armhf-rootfs", "multiplatform"} and not set(e2e.shared_keys()) & set(bookworm)
     # The same release asked twice gives the same keys: a warm run rebuilds nothing.
     assert e2e.image_keys(TRIXIE) == trixie
     cache = Path("/c")
@@ -265,6 +265,23 @@ def test_the_second_payload_goes_to_update_on_the_data_disk(tmp_path):
     assert files["update/docker-28.5.2.tgz"].read_bytes() == b"2"
     # A row without one has no update/ folder, so its guest runs no update probe.
     assert "update" not in "".join(e2e.data_files(payload_dirs(tmp_path / "b", "20.10.24"), None))
+
+
+def test_the_multiplatform_userlands_go_to_their_folder_only_for_an_agent_row_that_asks(tmp_path):
+    built = payload_dirs(tmp_path, "26.1.5")
+    built["multiplatform"] = tmp_path / "mp"
+    built["multiplatform"].mkdir()
+    for name in ("arm64", "armv7", "armv6"):
+        (built["multiplatform"] / f"rootfs-{name}.tar").write_bytes(name.encode())
+    deb = tmp_path / "a.deb"
+    deb.write_bytes(b"d")
+    files = e2e.data_files(built, deb, multiplatform=True)
+    assert sorted(f for f in files if f.startswith("multiplatform/")) == [
+        "multiplatform/rootfs-arm64.tar", "multiplatform/rootfs-armv6.tar", "multiplatform/rootfs-armv7.tar"]
+    assert not [f for f in e2e.data_files(built, deb) if f.startswith("multiplatform/")]
+    assert not [f for f in e2e.data_files(built, None, multiplatform=True) if f.startswith("multiplatform/")]
+    assert [r for r in e2e.RELEASES.values() if r.multiplatform] == [e2e.RELEASES["trixie"]]
+    assert {"docker.io", "docker-registry", "docker-buildx"} <= set(e2e.RELEASES["trixie"].guest_packages)
 
 
 def test_an_update_to_the_same_version_is_refused(tmp_path):

@@ -34,7 +34,9 @@ probe() {
 within() { bound=$(( $(date +%s) + $1 )); }
 expired() { [ "$(date +%s)" -gt "$bound" ]; }
 
-info() { printf 'E2E INFO %s %s\n' "$1" "$2"; }
+# To the console (fd 3) even from inside a probe, whose output goes to its .out file.
+exec 3>&1
+info() { printf 'E2E INFO %s %s\n' "$1" "$2" >&3; }
 
 # expect WHAT EXPECTED ACTUAL: sets detail, succeeds when equal.
 expect() {

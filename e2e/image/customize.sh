@@ -17,3 +17,8 @@ for unit in serial-getty@ttyAMA0.service getty@tty1.service apt-daily.timer apt-
             fstrim.timer e2scrub_all.timer dpkg-db-backup.timer; do
     ln -sf /dev/null "$root/etc/systemd/system/$unit"
 done
+# The host's own Docker (rows with docker.io in the guest: e2e/guest/lib/multiplatform.sh) starts only when
+# its probes unmask it: at boot it would take the agent's default socket and the two CPUs.
+for unit in docker.service docker.socket containerd.service docker-registry.service; do
+    ln -sf /dev/null "$root/etc/systemd/system/$unit"
+done

@@ -186,8 +186,11 @@ check_live_restore_sigkill() {
     wait_healthy 180 "$before" || { detail="no healthy dockerd after SIGKILL of $before within 180 s"; return 1; }
     alive=no
     kill -0 "$container_pid" 2>/dev/null && alive=yes
-    expect "container,process alive" "running $started,yes" \
-        "$($DOCKER inspect -f '{{.State.Status}} {{.State.StartedAt}}' e2e-sleeper),$alive"
+    # The successor must reach it too, not only find it running: its rootfs is visible only in the
+    # namespace every dockerd of the agent shares (agent/launch.py enter_namespace).
+    reached=$($DOCKER exec e2e-sleeper uname -m 2>&1)
+    expect "container,process alive,exec" "running $started,yes,armv8l" \
+        "$($DOCKER inspect -f '{{.State.Status}} {{.State.StartedAt}}' e2e-sleeper),$alive,$reached"
 }
 
 # On a CPU without AArch32 the agent must say so plainly and stay up instead of crash-looping: give

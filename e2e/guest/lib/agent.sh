@@ -29,6 +29,8 @@ probe agent.debian-classic check_built_variant 0 e2e-debian-classic "$IMAGE" bas
 probe agent.scratch-buildkit check_built_variant 1 e2e-scratch-buildkit scratch v7
 probe agent.buildkit-target check_buildkit_target e2e-debian-buildkit v7
 probe agent.cpuinfo-restored check_cpuinfo_restored
+# Containers and build steps that never pass the CLI shim (issue 14).
+. "$E2E/lib/wrapper.sh"
 probe agent.dockerd-sigkill check_dockerd_sigkill
 # SIGUSR2 is the agent's "exit, leave dockerd running" (package upgrades); Restart= brings it back.
 probe agent.detach-adopt adopt_after systemctl kill --kill-who=main --signal=USR2 armhf-agent
@@ -40,4 +42,8 @@ probe agent.live-restore-sigkill check_live_restore_sigkill
 # Rows whose data disk carries a second payload: updates across Docker versions (update.sh).
 if [ -d "$E2E/update" ]; then
     . "$E2E/lib/update.sh"
+fi
+# Rows whose data disk carries the multi-platform userlands: the host's own docker.service (issue 17).
+if [ -d "$E2E/multiplatform" ]; then
+    . "$E2E/lib/multiplatform.sh"
 fi
