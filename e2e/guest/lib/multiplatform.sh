@@ -98,11 +98,11 @@ field() { printf '%s' "$2" | cut -d '|' -f "$1"; }
 model() { m=$(field 3 "$1"); [ -n "$m" ] && printf '%s' "${m##* }"; }
 summary() { printf '%s %s %s %s' "$(field 1 "$1")" "$(field 2 "$1")" "$(model "$1")" "$(field 4 "$1")"; }
 
-check_build_unwired() {
-    mp_build off || { detail="build failed"; return 1; }
-    expect "platforms; arm64; arm/v7; arm/v6 (uname arch model bits)" \
-        "3; aarch64 8  64; aarch64 8  32; aarch64 8  32" \
-        "$(wc -l < "$WORK/mp-off.txt" | tr -d ' '); $(summary "$(record linux/arm64 off)"); $(summary "$(record linux/arm/v7 off)"); $(summary "$(record linux/arm/v6 off)")"
+# check_build TAG EXPECTED: the three-platform build, then what each platform's step recorded.
+check_build() {
+    mp_build "$1" || { detail="build failed"; return 1; }
+    expect "platforms; arm64; arm/v7; arm/v6 (uname arch model bits)" "$2" \
+        "$(wc -l < "$WORK/mp-$1.txt" | tr -d ' '); $(summary "$(record linux/arm64 "$1")"); $(summary "$(record linux/arm/v7 "$1")"); $(summary "$(record linux/arm/v6 "$1")")"
 }
 
 # start_median PLATFORM: median wall time (ms) of five `docker run --rm true` on the host daemon.
@@ -132,13 +132,6 @@ host_docker_on() {
         "$(grep -q 'it will be restarted' "$WORK/on.txt" && echo yes || echo no),$(metric armhf_agent_host_docker_wired < "$WORK/mp-metrics.txt")"
 }
 
-check_build_wired() {
-    mp_build on || { detail="build failed"; return 1; }
-    expect "platforms; arm64; arm/v7; arm/v6 (uname arch model bits)" \
-        "3; aarch64 8  64; armv8l 7 (v7l) 32; armv8l 7 (v6l) 32" \
-        "$(wc -l < "$WORK/mp-on.txt" | tr -d ' '); $(summary "$(record linux/arm64 on)"); $(summary "$(record linux/arm/v7 on)"); $(summary "$(record linux/arm/v6 on)")"
-}
-
 check_host_runs() {
     v7=$($HOST_DOCKER run --rm --network none --platform linux/arm/v7 "$MP_IMAGE:on" sh -c "$MP_RECORD")
     a64=$($HOST_DOCKER run --rm --network none --platform linux/arm64 "$MP_IMAGE:on" sh -c "$MP_RECORD")
@@ -166,8 +159,9 @@ host_docker_off() {
 probe mp.host-containerd-start start_host_containerd
 probe mp.agent-apart apart_agent
 probe mp.host-docker-start start_host_docker
-probe mp.build-unwired check_build_unwired
+# Without the mode the 32-bit halves see the arm64 view; with it, each its own.
+probe mp.build-unwired check_build off "3; aarch64 8  64; aarch64 8  32; aarch64 8  32"
 probe mp.host-docker-on host_docker_on
-probe mp.build-wired check_build_wired
+probe mp.build-wired check_build on "3; aarch64 8  64; armv8l 7 (v7l) 32; armv8l 7 (v6l) 32"
 probe mp.host-runs check_host_runs
 probe mp.host-docker-off host_docker_off
