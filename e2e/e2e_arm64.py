@@ -32,8 +32,8 @@ DEFAULT_CACHE = Path(os.environ.get("ARMHF_AGENT_E2E_CACHE", "/var/cache/armhf-a
 # cortex-a72 (agent run 344 s vs 346 s). a64fx has no AArch32 at all (reference/test-environment.md).
 DEFAULT_CPU = "neoverse-n1"
 NO_AARCH32_CPUS = {"a64fx"}
-# A row's whole run: Debian 13's, with the update and multi-platform probes, took 1362 s here (the test
-# suite running beside it; about 2 cores busy); Debian 12's about 440 s.
+# A row's whole run: Debian 13's, with the update and multi-platform probes, took 1011 s here (1362 s
+# with the test suite running beside it); Debian 12's 435 s.
 DEFAULT_TIMEOUT_SECONDS = 1800
 # The guest prints its first E2E line ~10-40 s after QEMU starts here; a guest silent for this long
 # never booted, and waiting out the whole run would only delay the verdict.
