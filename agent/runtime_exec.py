@@ -160,18 +160,27 @@ def in_root(root: str, path: str) -> str | None:
     return os.path.join(root, *done)
 
 
-def _head(path: str, size: int) -> bytes | None:
-    """The first bytes of a regular file; never blocks (a FIFO planted as /bin/sh), follows a link, or
-    opens a device (an image may carry /dev/watchdog, whose mere open arms a reboot)."""
+def _open_regular(path: str) -> int | None:
+    """A descriptor of a regular file, or None; never blocks (a FIFO planted as /bin/sh), follows a
+    link, or opens a device (an image may carry /dev/watchdog, whose mere open arms a reboot)."""
     try:
         if (os.lstat(path).st_mode & 0o170000) != 0o100000:
             return None
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError:
         return None
+    if (os.fstat(fd).st_mode & 0o170000) != 0o100000:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _head(path: str, size: int) -> bytes | None:
+    """The first bytes of a regular file (see _open_regular)."""
+    fd = _open_regular(path)
+    if fd is None:
+        return None
     try:
-        if (os.fstat(fd).st_mode & 0o170000) != 0o100000:
-            return None
         return os.read(fd, size)
     finally:
         os.close(fd)
@@ -233,11 +242,8 @@ def arm_cpu_arch(path: str) -> int | None:
     subsection, file-scope attributes: ARM IHI 0045, "Addenda to the ARM ELF"): 6-9 are ARMv6 flavours,
     10 ARMv7. The spec does not carry the image's variant; the program's own build does. None when the
     file says nothing (or says it in a way this reader does not follow)."""
-    try:
-        if (os.lstat(path).st_mode & 0o170000) != 0o100000:
-            return None
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-    except OSError:
+    fd = _open_regular(path)
+    if fd is None:
         return None
     try:
         head = os.pread(fd, 52, 0)
