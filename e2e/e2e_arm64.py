@@ -33,8 +33,9 @@ DEFAULT_CACHE = Path(os.environ.get("ARMHF_AGENT_E2E_CACHE", "/var/cache/armhf-a
 DEFAULT_CPU = "neoverse-n1"
 NO_AARCH32_CPUS = {"a64fx"}
 # A row's whole run: Debian 13's, with the update and multi-platform probes, took 1011 s here (1362 s
-# with the test suite running beside it); Debian 12's 435 s.
-DEFAULT_TIMEOUT_SECONDS = 1800
+# with the test suite running beside it); Debian 12's 435 s. With the nested-dockerd and per-half build
+# probes and the test suite beside it, Debian 13's was killed at 1800 s three probes before its end.
+DEFAULT_TIMEOUT_SECONDS = 2400
 # The guest prints its first E2E line ~10-40 s after QEMU starts here; a guest silent for this long
 # never booted, and waiting out the whole run would only delay the verdict.
 BOOT_TIMEOUT_SECONDS = 300

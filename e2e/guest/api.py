@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """A container through the Engine API alone (no docker CLI, no shim): create, start, wait, logs, remove.
-Prints the container's output. Usage: api.py SOCKET IMAGE CMD..."""
+Prints the container's output. Usage: api.py SOCKET [--privileged] [--bind SRC:DST] [--env K=V]
+[--detach] IMAGE CMD...; with --detach it prints the container's id once started and leaves it running
+(a docker:dind-style daemon)."""
 
 import json
 import socket
@@ -21,13 +23,36 @@ def call(sock_path: str, method: str, path: str, body=None) -> tuple[int, bytes]
     return int(head.split(b" ", 2)[1]), rest
 
 
-def main(sock_path: str, image: str, cmd: list) -> int:
+def main(sock_path: str, args: list) -> int:
+    host, env, detach = {"NetworkMode": "none"}, [], False
+    while args and args[0].startswith("--"):
+        opt = args.pop(0)
+        if opt == "--privileged":
+            host["Privileged"] = True
+        elif opt == "--bind":
+            host.setdefault("Binds", []).append(args.pop(0))
+        elif opt == "--env":
+            env.append(args.pop(0))
+        elif opt == "--detach":
+            detach = True
+        else:
+            sys.stderr.write(f"api.py: unknown option {opt}\n")
+            return 2
+    image, cmd = args[0], args[1:]
     status, body = call(sock_path, "POST", "/containers/create",
-                        {"Image": image, "Cmd": cmd, "HostConfig": {"NetworkMode": "none"}})
+                        {"Image": image, "Cmd": cmd, "Env": env, "HostConfig": host})
     if status != 201:
         sys.stderr.write(f"create: HTTP {status}: {body.decode(errors='replace')}\n")
         return 1
     cid = json.loads(body)["Id"]
+    if detach:
+        status, body = call(sock_path, "POST", f"/containers/{cid}/start")
+        if status >= 300:
+            sys.stderr.write(f"start: HTTP {status}: {body.decode(errors='replace')}\n")
+            call(sock_path, "DELETE", f"/containers/{cid}?force=1")
+            return 1
+        print(cid)
+        return 0
     try:
         for method, path in (("POST", f"/containers/{cid}/start"), ("POST", f"/containers/{cid}/wait")):
             status, body = call(sock_path, method, path)
@@ -48,4 +73,4 @@ def main(sock_path: str, image: str, cmd: list) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], sys.argv[2], sys.argv[3:]))
+    sys.exit(main(sys.argv[1], sys.argv[2:]))

@@ -75,7 +75,7 @@ mp_context() {
 }
 
 # mp_build TAG: the three-platform build, pushed; its wall time as INFO (BuildKit 0.13's plain progress
-# does not label a step with its platform, so the halves' own times are not told apart).
+# does not label a step with its platform: each half's own time is check_halves').
 mp_build() {
     mp_context || return 1
     t0=$(date +%s%N)
@@ -85,6 +85,23 @@ mp_build() {
     info "mp-build-$1-seconds" "$(( ($(date +%s%N) - t0) / 1000000000 ))"
     python3 "$E2E/registry.py" "http://$REGISTRY" e2e-mp "$1" /record > "$WORK/mp-$1.txt" || return 1
     cat "$WORK/mp-$1.txt"
+}
+
+# check_halves: each platform built alone (--no-cache, into the daemon's image store), its wall time as
+# INFO: the figure of each half that the three-platform build's log cannot give. Each image's record is
+# then read back from the image itself, so a half that built the wrong view fails here too.
+check_halves() {
+    mp_context || return 1
+    got=""
+    for p in linux/arm64 linux/arm/v7 linux/arm/v6; do
+        tag=$MP_IMAGE:half-$(printf '%s' "${p#linux/}" | tr / -)
+        t0=$(date +%s%N)
+        $HOST_DOCKER buildx build --progress=plain --no-cache --provenance=false --network none --platform "$p" \
+            -t "$tag" "$WORK/mp-ctx" > "$WORK/mp-half.log" 2>&1 || { tail -n 30 "$WORK/mp-half.log"; detail="$p alone failed"; return 1; }
+        info "mp-build-$(printf '%s' "${p#linux/}" | tr / -)-alone-seconds" "$(( ($(date +%s%N) - t0) / 1000000000 ))"
+        got="$got${got:+; }$(summary "$($HOST_DOCKER run --rm --network none --platform "$p" "$tag" cat /record)")"
+    done
+    expect "alone: arm64; arm/v7; arm/v6 (uname arch model bits)" "$1" "$got"
 }
 
 # record PLATFORM TAG: the build step's line for that platform, read back from the registry.
@@ -160,5 +177,6 @@ probe mp.host-docker-start start_host_docker
 probe mp.build-unwired check_build off "3; aarch64 8  64; aarch64 8  32; aarch64 8  32"
 probe mp.host-docker-on host_docker_on
 probe mp.build-wired check_build on "3; aarch64 8  64; armv8l 7 (v7l) 32; armv8l 7 (v6l) 32"
+probe mp.build-halves check_halves "aarch64 8  64; armv8l 7 (v7l) 32; armv8l 7 (v6l) 32"
 probe mp.host-runs check_host_runs
 probe mp.host-docker-off host_docker_off
