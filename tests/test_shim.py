@@ -375,12 +375,20 @@ sys.exit(40 + got[0])
 """
 
 
+def _signals_at_default():
+    # A shell cannot trap a signal that was ignored when it started (POSIX trap): under `nohup` (SIGHUP)
+    # or from a background job of a script (SIGINT) the shim could not forward them. The caller here is
+    # a terminal's or a service manager's, whatever started the test run.
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_build_forwards_signals_and_exits_with_the_clients_status(tmp_path, sig):
     client = make_client(tmp_path / "client", SIGNAL_CLIENT)
     shim = install_shim(tmp_path, client)
     ready = tmp_path / "ready"
-    proc = subprocess.Popen([DASH, str(shim), "image", "build", str(ready)])
+    proc = subprocess.Popen([DASH, str(shim), "image", "build", str(ready)], preexec_fn=_signals_at_default)
     wait_for(lambda: ready.exists() and ready.read_text(), 10, what="client started")
     child, parent = map(int, ready.read_text().split())
     assert parent == proc.pid and child != proc.pid      # builds run as a child of the shim
@@ -398,7 +406,7 @@ def test_build_client_that_cannot_receive_sigint_gets_sigterm(tmp_path):
     client = make_client(tmp_path / "client", f"#!/bin/sh\ntrap 'exit 7' TERM\necho $$ > {ready}\n"
                                               "while :; do sleep 0.05; done\n")
     shim = install_shim(tmp_path, client)
-    proc = subprocess.Popen([DASH, str(shim), "build", "."])
+    proc = subprocess.Popen([DASH, str(shim), "build", "."], preexec_fn=_signals_at_default)
     child = int(wait_for(lambda: ready.exists() and ready.read_text().strip(), 10, what="client started"))
     ignored = int(next(l for l in Path(f"/proc/{child}/status").read_text().splitlines()
                        if l.startswith("SigIgn:")).split()[1], 16)
