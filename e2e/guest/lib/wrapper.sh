@@ -55,8 +55,12 @@ NESTED="timeout $STEP_TIMEOUT /opt/docker/docker -H unix://$DIND_SOCK"
 dind_image() {
     $PAYLOAD_DOCKER image inspect e2e-dind:local > /dev/null 2>&1 && return 0
     tree=$WORK/dind-tree
-    rm -rf "$tree" && mkdir -p "$tree/opt" "$tree/usr/lib" "$tree/run" "$tree/tmp" "$tree/var/lib/docker" "$tree/etc" || return 1
-    cp -a /opt/docker "$tree/opt/" && cp -a /usr/lib/arm-linux-gnueabihf "$tree/usr/lib/" || return 1
+    rm -rf "$tree" && mkdir -p "$tree/opt/docker" "$tree/usr/lib" "$tree/run" "$tree/tmp" "$tree/var/lib/docker" "$tree/etc" || return 1
+    # The daemon's own binaries only (the client stays outside, on the bound socket): a smaller import.
+    for bin in dockerd containerd containerd-shim-runc-v2 runc docker-init; do
+        cp -a "/opt/docker/$bin" "$tree/opt/docker/" || return 1
+    done
+    cp -a /usr/lib/arm-linux-gnueabihf "$tree/usr/lib/" || return 1
     ln -s ../run "$tree/var/run"
     if [ -L /lib ]; then         # merged /usr: the loader's /lib/ld-linux-armhf.so.3 is under usr/lib
         ln -s usr/lib "$tree/lib" && cp -a /usr/lib/ld-linux-armhf.so.3 "$tree/usr/lib/"
