@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import queue
 import re
 import shutil
 import subprocess
@@ -286,12 +287,16 @@ def check_host() -> None:
             raise UsageError(f"{BINFMT / handler} is not registered (apt-get install qemu-user-static binfmt-support)")
 
 
+# Folders no package build reads (packaging/debian/armhf-agent.install, .docs: README.md only): editing
+# a probe, a benchmark, a fault case, CI or the docs does not rebuild the package (4-27 min under qemu-user).
+NOT_PACKAGED = ("tests/", "e2e/", "bench/", "faults/", "docs/", ".ci/")
+
+
 def source_files() -> list[Path]:
-    """What `make deb` packages: the tree's tracked and new files, minus the tests and this harness,
-    which never go into the .deb (so editing a probe does not rebuild the package)."""
+    """What `make deb` packages: the tree's tracked and new files, minus NOT_PACKAGED."""
     listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
                             check=True, capture_output=True).stdout.decode().split("\0")
-    return [REPO / f for f in sorted(listed) if f and not f.startswith(("tests/", "e2e/")) and (REPO / f).is_file()]
+    return [REPO / f for f in sorted(listed) if f and not f.startswith(NOT_PACKAGED) and (REPO / f).is_file()]
 
 
 def parse_releases(text: str) -> list[Release]:
@@ -578,19 +583,33 @@ def boot_row(row: Row, args) -> None:
     check_guest_release(row.report, row.release)
 
 
-def prepare_rows(rows: list[Row], args, deb: Path | None, shared: dict[str, Path]) -> None:
+def run_rows(rows: list[Row], args, deb: Path | None, shared: dict[str, Path], boot) -> None:
     """Rows are prepared side by side: their builds (mmdebstrap, dpkg-buildpackage under qemu-user) are
     mostly single-threaded, so on two cores two rows' builds take little more than the longer one.
-    Each row's build output then goes to RELEASE/build.log. The guests boot one after the other:
-    each QEMU has two CPUs."""
+    Each row's build output then goes to RELEASE/build.log. `boot(row)` runs in this thread for each row
+    as soon as that row is prepared, one row at a time (each QEMU has two CPUs): the first row's guest
+    runs while the other's .deb is still building (from nothing here, Debian 12's was ready ~10 min
+    before Debian 13's)."""
     if len(rows) == 1:
         prepare_row(rows[0], args, deb, shared)
+        boot(rows[0])
         return
-    threads = [threading.Thread(target=prepare_row, name=f"prepare-{row.release.codename}",
-                                args=(row, args, deb, shared, release_cache(args.cache, row.release) / "build.log"))
+    prepared: queue.Queue = queue.Queue()
+
+    def prepare(row: Row) -> None:
+        try:
+            prepare_row(row, args, deb, shared, release_cache(args.cache, row.release) / "build.log")
+        except Exception as error:  # noqa: BLE001 - the row fails, named; the other row still boots
+            row.error = f"preparing failed: {type(error).__name__}: {error}"
+        finally:
+            prepared.put(row)
+
+    threads = [threading.Thread(target=prepare, name=f"prepare-{row.release.codename}", args=(row,))
                for row in rows]
     for thread in threads:
         thread.start()
+    for _ in rows:
+        boot(prepared.get())
     for thread in threads:
         thread.join()
 
@@ -666,6 +685,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"(default {DEFAULT_CACHE})")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS,
                         help=f"seconds before QEMU is killed, per row (default {DEFAULT_TIMEOUT_SECONDS})")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="build (or find) every row's images and .deb, boot nothing (.ci/run does this "
+                        "while the tests run)")
     parser.add_argument("--check-host", action="store_true",
                         help="only check that every host tool a run needs is installed (exit 0 or 2)")
     args = parser.parse_args(argv)
@@ -693,14 +715,17 @@ def main(argv: list[str] | None = None) -> int:
     except subprocess.CalledProcessError as error:
         print(f"e2e: {' '.join(map(str, error.cmd))} exited {error.returncode}", file=sys.stderr)
         return 1
-    prepare_rows(rows, args, args.deb, shared)
-    if len(rows) > 1:
-        print(f"e2e: rows prepared side by side in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
-    for row in rows:
+
+    def boot(row: Row) -> None:
         row.timings.update(shared_timings)
-        if not row.error:
+        if not row.error and not args.prepare_only:
             boot_row(row, args)
         print_row(row)
+
+    run_rows(rows, args, args.deb, shared, boot)
+    if args.prepare_only:
+        print(f"time: total {time.monotonic() - started:.0f} s")
+        return 1 if any(row.error for row in rows) else 0
     if len(rows) > 1:
         print("== probe x row")
         print(format_matrix(rows))

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,16 @@ def test_cache_key_follows_the_build_inputs(tmp_path):
     assert e2e.digest(script, "other") != first
     script.write_text("mmdebstrap --include=a,b\n")
     assert e2e.digest(script, "extra") != first
+
+
+def test_the_package_key_covers_what_the_package_is_built_from_and_nothing_else():
+    names = {str(f.relative_to(e2e.REPO)) for f in e2e.source_files()}
+    assert {"agent/runtime_exec.py", "packaging/debian/rules", "pyproject.toml", "README.md", "scripts/build-deb.sh"} <= names
+    assert not [n for n in names if n.split("/")[0] in ("tests", "e2e", "bench", "faults", "docs", ".ci")]
+    # The package's own file lists name nothing from the excluded folders.
+    for listing in (e2e.REPO / "packaging/debian").glob("armhf-agent.*"):
+        if listing.suffix in (".install", ".docs", ".links"):
+            assert not [w for w in listing.read_text().split() if w.startswith(e2e.NOT_PACKAGED)], listing
 
 
 # --- rows: one per Debian release ------------------------------------------------------------------------
@@ -237,13 +248,53 @@ def test_rows_are_prepared_side_by_side_each_with_its_own_log(tmp_path, monkeypa
     monkeypatch.setattr(e2e, "prepare_row", prepare)
     args = type("Args", (), {"cache": tmp_path})()
     rows = [e2e.Row(BOOKWORM), e2e.Row(TRIXIE)]
-    e2e.prepare_rows(rows, args, None, {})
-    assert [r.error for r in rows] == ["", ""]
+    booted = []
+    e2e.run_rows(rows, args, None, {}, booted.append)
+    assert [r.error for r in rows] == ["", ""] and sorted(r.release.codename for r in booted) == ["bookworm", "trixie"]
     assert logs == {"bookworm": tmp_path / "bookworm" / "build.log", "trixie": tmp_path / "trixie" / "build.log"}
     # A single row streams its builds to the terminal, as before rows existed.
     monkeypatch.setattr(e2e, "prepare_row", lambda row, args, deb, shared, log=None: logs.update(alone=log))
-    e2e.prepare_rows([e2e.Row(TRIXIE)], args, None, {})
-    assert logs["alone"] is None
+    e2e.run_rows([e2e.Row(TRIXIE)], args, None, {}, booted.append)
+    assert logs["alone"] is None and booted[-1].release.codename == "trixie"
+
+
+def test_a_prepared_row_boots_while_the_other_still_builds_and_guests_never_overlap(tmp_path, monkeypatch):
+    """Debian 13 prepares until Debian 12's guest has run: booted only after both were prepared, the
+    wait would time out. Two guests at once would each get half the CPUs they were given."""
+    bookworm_booted = threading.Event()
+    running, overlaps, order = [], [], []
+
+    def prepare(row, args, deb, shared, log=None):
+        if row.release.codename == "trixie" and not bookworm_booted.wait(10):
+            row.error = "waited for the other row's guest in vain"
+
+    def boot(row):
+        running.append(row)
+        if len(running) > 1:
+            overlaps.append(row.release.codename)
+        order.append(row.release.codename)
+        time.sleep(0.05)
+        if row.release.codename == "bookworm":
+            bookworm_booted.set()
+        running.remove(row)
+
+    monkeypatch.setattr(e2e, "prepare_row", prepare)
+    rows = [e2e.Row(TRIXIE), e2e.Row(BOOKWORM)]
+    e2e.run_rows(rows, type("Args", (), {"cache": tmp_path})(), None, {}, boot)
+    assert order == ["bookworm", "trixie"] and overlaps == [] and [r.error for r in rows] == ["", ""]
+
+
+def test_a_row_whose_preparation_crashes_is_failed_by_name_and_the_other_still_boots(tmp_path, monkeypatch):
+    def prepare(row, args, deb, shared, log=None):
+        if row.release.codename == "bookworm":
+            raise OSError("disk full")
+
+    monkeypatch.setattr(e2e, "prepare_row", prepare)
+    rows = [e2e.Row(BOOKWORM), e2e.Row(TRIXIE)]
+    booted = []
+    e2e.run_rows(rows, type("Args", (), {"cache": tmp_path})(), None, {}, booted.append)
+    assert rows[0].error == "preparing failed: OSError: disk full" and rows[1].error == ""
+    assert sorted(r.release.codename for r in booted) == ["bookworm", "trixie"]
 
 
 def payload_dirs(tmp_path, first, second=None):
