@@ -292,11 +292,16 @@ def check_host() -> None:
 NOT_PACKAGED = ("tests/", "e2e/", "bench/", "faults/", "docs/", ".ci/")
 
 
+def packaged(names: list[str]) -> list[str]:
+    """Of the tree's relative file names, those a package build may read: all but NOT_PACKAGED."""
+    return sorted(f for f in names if f and not f.startswith(NOT_PACKAGED))
+
+
 def source_files() -> list[Path]:
     """What `make deb` packages: the tree's tracked and new files, minus NOT_PACKAGED."""
     listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
                             check=True, capture_output=True).stdout.decode().split("\0")
-    return [REPO / f for f in sorted(listed) if f and not f.startswith(NOT_PACKAGED) and (REPO / f).is_file()]
+    return [REPO / f for f in packaged(listed) if (REPO / f).is_file()]
 
 
 def parse_releases(text: str) -> list[Release]:
