@@ -57,7 +57,9 @@ dind_image() {
     tree=$WORK/dind-tree
     rm -rf "$tree" && mkdir -p "$tree/opt/docker" "$tree/usr/lib" "$tree/run" "$tree/tmp" "$tree/var/lib/docker" "$tree/etc" || return 1
     # The daemon's own binaries only (the client stays outside, on the bound socket): a smaller import.
-    for bin in dockerd containerd containerd-shim-runc-v2 runc docker-init; do
+    # docker-proxy too: Docker 26 refuses to start without it on PATH ("userland-proxy is enabled, but
+    # userland-proxy-path is not set"), seen here; 20.10 did not look.
+    for bin in dockerd containerd containerd-shim-runc-v2 runc docker-init docker-proxy; do
         cp -a "/opt/docker/$bin" "$tree/opt/docker/" || return 1
     done
     cp -a /usr/lib/arm-linux-gnueabihf "$tree/usr/lib/" || return 1
