@@ -593,8 +593,8 @@ def run_rows(rows: list[Row], args, deb: Path | None, shared: dict[str, Path], b
     mostly single-threaded, so on two cores two rows' builds take little more than the longer one.
     Each row's build output then goes to RELEASE/build.log. `boot(row)` runs in this thread for each row
     as soon as that row is prepared, one row at a time (each QEMU has two CPUs): the first row's guest
-    runs while the other's .deb is still building (from nothing here, Debian 12's was ready ~10 min
-    before Debian 13's)."""
+    runs while the other's images are still building (from nothing here, Debian 12's were ready after
+    20 min, Debian 13's after about 50)."""
     if len(rows) == 1:
         prepare_row(rows[0], args, deb, shared)
         boot(rows[0])
